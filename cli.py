@@ -1,0 +1,201 @@
+"""The ``shitu`` command line: parse flags, call the library, print. No logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from shitu.errors import ShituError
+
+app = typer.Typer(help="Recognise products in photos: PP-LCNet-2.5x embeddings, FAISS search, SQLite labels.",
+                  add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+
+INDEX = typer.Option(Path("index"), "--index", help="Index directory.")
+MODEL = typer.Option(None, "--model", help="ONNX model (default: the model shipped with shitu).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def warn(message: str):
+    typer.echo(f"warning: {message}", err=True)
+
+
+def guarded(command):
+    """Turn user errors into one line on stderr and exit code 1, never a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ShituError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130)
+    return wrapper
+
+
+def print_json(data):
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+
+def print_table(title: str, columns: list[str], rows: list[list]):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[str(value) for value in row])
+    Console(highlight=False).print(table)
+
+
+@app.command("build-index")
+@guarded
+def build_index(
+    gallery: Path = typer.Argument(..., help="Gallery folder: one sub-folder of images per label."),
+    index: Path = INDEX,
+    model: Optional[Path] = MODEL,
+    index_type: str = typer.Option("auto", "--index-type", help="FAISS factory string (Flat, HNSW32, "
+                                   "IVF1024,Flat) or auto."),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path<TAB>label' lines, "
+                                             "paths relative to GALLERY."),
+    quiet: bool = QUIET,
+):
+    """Embed a gallery into an index (re-embeds only new or changed files)."""
+    from shitu.build import build_index as build
+    from shitu.embed import Embedder
+    from shitu.gallery import read_gallery
+
+    items = read_gallery(gallery, list_file)
+    report = build(items, index, Embedder(model), index_type, str(gallery.resolve()), quiet, warn)
+    typer.echo(f"indexed {report.images} images of {report.labels} labels into {index} "
+               f"({report.index_type}): {report.embedded} embedded, {report.reused} reused, "
+               f"{report.removed} removed, {len(report.bad)} unreadable skipped", err=True)
+
+
+@app.command()
+@guarded
+def query(
+    images: List[Path] = typer.Argument(..., help="Photos to recognise."),
+    index: Path = INDEX,
+    model: Optional[Path] = MODEL,
+    topk: int = typer.Option(5, "--topk", min=1, help="Matches to list per photo."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Below this cosine score the "
+                                              "answer is 'unknown' (label null)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+):
+    """Name the product in each photo."""
+    from shitu.recognizer import Recognizer
+
+    answers = Recognizer(index, model).query(images, topk, threshold)
+    if as_json:
+        print_json([answer.to_json() for answer in answers])
+    else:
+        for answer in answers:
+            if answer.error is None:
+                print_table(f"{answer.image}: {answer.label or 'unknown'}", ["rank", "label", "score", "path"],
+                            [[m.rank, m.label, f"{m.score:.4f}", m.path] for m in answer.results])
+    failed = [answer for answer in answers if answer.error]
+    for answer in failed:
+        typer.echo(f"error: {answer.error}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+@guarded
+def eval_command(
+    index: Path = INDEX,
+    model: Optional[Path] = MODEL,
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Query folder in the gallery layout "
+                                           "(default: leave-one-out over the gallery)."),
+    queries_list: Optional[Path] = typer.Option(None, "--queries-list", help="List file of queries, "
+                                                "paths relative to --queries."),
+    metric: List[str] = typer.Option(["recall@1"], "--metric", help="recall@K or map@r; repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+    quiet: bool = QUIET,
+):
+    """Measure retrieval quality: recall@K and MAP@R."""
+    from shitu.gallery import read_gallery
+    from shitu.metrics import parse_metric
+    from shitu.recognizer import Recognizer
+
+    metrics = list(dict.fromkeys(parse_metric(m) for m in metric))
+    if queries_list and not queries:
+        raise ShituError("--queries-list needs --queries, the folder its paths are relative to")
+    items = read_gallery(queries, queries_list) if queries else None
+    result = Recognizer(index, model).evaluate(metrics, items, quiet, warn)
+    output = {m: round(result[m], 4) for m in metrics}
+    output.update(queries=result["queries"], gallery=result["gallery"])
+    if as_json:
+        print_json(output)
+    else:
+        print_table("evaluation", ["metric", "value"], [[k, v] for k, v in output.items()])
+
+
+@app.command()
+@guarded
+def export(
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (last.pt or best.pt)."),
+    out: Path = typer.Option(..., "--out", help="ONNX file to write."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side (default: the run's "
+                                             "export_size)."),
+    name: str = typer.Option("PPLCNet_x2_5_shitu", "--name", help="Model name stored in the metadata."),
+    version: Optional[str] = typer.Option(None, "--version", help="Model version (default: epochN)."),
+):
+    """Export a checkpoint to ONNX with its preprocessing metadata (needs PyTorch)."""
+    require_torch()
+    from shitu.nn.export import export_onnx
+
+    path = export_onnx(checkpoint, out, name, version, input_size)
+    typer.echo(f"wrote {path}", err=True)
+
+
+@app.command()
+@guarded
+def train(
+    data: Path = typer.Argument(..., help="Training images: gallery layout, or the root of --list files."),
+    out: Path = typer.Option(..., "--out", help="Run directory (checkpoints, config, metrics, plot)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with training settings."),
+    list_files: Optional[List[Path]] = typer.Option(None, "--list", help="List file(s), relative to DATA."),
+    val_list: Optional[str] = typer.Option(None, "--val-list", help="Validation queries list file."),
+    val_gallery_list: Optional[str] = typer.Option(None, "--val-gallery-list", help="Validation gallery."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="efficientnet_lite0, efficientnet_lite2 "
+                                          "or '' for none."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
+    quiet: bool = QUIET,
+):
+    """Train the PP-LCNet-2.5x embedder with metric learning (needs PyTorch)."""
+    require_torch()
+    from shitu.train.config import load_config
+    from shitu.train.loop import Trainer
+
+    overrides = dict(data=str(data), lists=[str(p) for p in list_files] if list_files else None,
+                     val_list=val_list, val_gallery_list=val_gallery_list, epochs=epochs, lr=lr,
+                     teacher=teacher, seed=seed)
+    trainer = Trainer(load_config(config, overrides), out, device, quiet)
+    if resume:
+        trainer.resume()
+    final = trainer.fit()
+    typer.echo(f"finished: {json.dumps(final)}", err=True)
+
+
+def require_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ShituError("this command needs PyTorch: pip install 'shitu[train]'") from None
+
+
+if __name__ == "__main__":
+    app()

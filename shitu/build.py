@@ -1,0 +1,176 @@
+"""``build-index``: embed a gallery into a fresh index, reusing vectors of unchanged files.
+
+The new database is written beside the old one and swapped in with one rename, so an interrupted
+build leaves the earlier index exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shitu.embed import Embedder
+from shitu.errors import ShituError
+from shitu.gallery import GalleryItem
+from shitu.progress import Progress
+from shitu.store import (DB_NAME, FORMAT_VERSION, IndexStore, connect, create_schema, fsync_path,
+                         make_faiss_index, now, remove_stale_faiss, resolve_index_type, vector_blob,
+                         write_faiss_file, write_lock)
+
+
+@dataclass
+class BuildReport:
+    """What a build did, for the summary line and the tests."""
+
+    images: int = 0
+    embedded: int = 0
+    reused: int = 0
+    removed: int = 0
+    labels: int = 0
+    index_type: str = ""
+    bad: list[str] = field(default_factory=list)
+
+
+def content_hash(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def previous_vectors(directory: Path, embedder: Embedder) -> tuple[dict, int]:
+    """Reusable ``{path: (sha256, id, vector)}`` of an earlier index by the same model, and its generation.
+
+    An index that is missing, damaged, of another format or another model gives nothing to reuse.
+    """
+    try:
+        store = IndexStore.open(directory, embedder.info)
+    except ShituError:
+        return {}, highest_generation(directory)
+    ids, vectors = store.all_vectors()
+    by_id = dict(zip(ids.tolist(), vectors))
+    reusable = {row.path: (row.sha256, row.id, by_id[row.id]) for row in store.all_rows()}
+    store.db.close()
+    return reusable, highest_generation(directory)
+
+
+def highest_generation(directory: Path) -> int:
+    numbers = [int(p.name.split(".")[1]) for p in directory.glob("vectors.*.faiss")
+               if p.name.split(".")[1].isdigit()]
+    return max(numbers, default=0)
+
+
+def build_index(items: list[GalleryItem], directory: str | Path, embedder: Embedder,
+                index_type: str = "auto", gallery_root: str = "", quiet: bool = False,
+                warn=None) -> BuildReport:
+    """Index ``items`` into ``directory``; bad images are skipped and reported through ``warn``."""
+    directory = Path(directory)
+    report = BuildReport()
+    with write_lock(directory):
+        reusable, generation = previous_vectors(directory, embedder)
+        hashes = hash_items(items, quiet)
+        keep, todo = [], []
+        for position, item in enumerate(items):
+            old = reusable.get(item.relpath)
+            if old is not None and hashes[position] is not None and old[0] == hashes[position]:
+                keep.append((position, old[1], old[2]))
+            else:
+                todo.append(position)
+        fresh = embed_items(items, todo, embedder, quiet, report, warn)
+        report.reused, report.embedded = len(keep), len(fresh)
+        report.removed = len(set(reusable) - {items[p].relpath for p, _, _ in keep})
+        rows = assign_ids(items, hashes, keep, fresh)
+        if not rows:
+            raise ShituError(f"no readable images in the gallery ({len(report.bad)} unreadable); "
+                             f"the index was not changed")
+        report.images, report.labels = len(rows), len({r["label"] for r in rows})
+        report.index_type = resolve_index_type(index_type, len(rows))
+        write_snapshot(directory, rows, embedder, report.index_type, gallery_root, generation + 1)
+    return report
+
+
+def hash_items(items: list[GalleryItem], quiet: bool) -> list[str | None]:
+    with Progress(len(items), "hashing gallery files", quiet) as bar:
+        hashes = []
+        for item in items:
+            hashes.append(content_hash(item.path))
+            bar.advance()
+    return hashes
+
+
+def embed_items(items, positions, embedder, quiet, report, warn) -> dict[int, np.ndarray]:
+    """Embed the images at ``positions``; returns ``{position: vector}``."""
+    vectors = {}
+
+    def bad(local, reason):
+        report.bad.append(reason)
+        if warn:
+            warn(f"skipped {reason}")
+
+    with Progress(len(positions), "embedding images", quiet) as bar:
+        paths = [items[p].path for p in positions]
+        for locals_, batch in embedder.embed_files(paths, on_bad=bad, on_done=lambda n: bar.advance()):
+            for local, vector in zip(locals_, batch):
+                vectors[positions[local]] = vector
+    return vectors
+
+
+def assign_ids(items, hashes, keep, fresh) -> list[dict]:
+    """Rows for the new index: unchanged files keep their id, new ones get ids above all old ones."""
+    placed = [(old_id, p, vector) for p, old_id, vector in keep]
+    next_id = max((old_id for old_id, _, _ in placed), default=0) + 1
+    placed += [(next_id + n, p, fresh[p]) for n, p in enumerate(sorted(fresh))]
+    return sorted(({"id": row_id, "path": items[p].relpath, "label": items[p].label,
+                    "sha256": hashes[p] or "", "vector": vector} for row_id, p, vector in placed),
+                  key=lambda r: r["id"])
+
+
+def write_snapshot(directory: Path, rows: list[dict], embedder: Embedder, factory: str,
+                   gallery_root: str, generation: int):
+    """Write FAISS file, then a complete new database, then swap the database in (the commit)."""
+    ids = np.array([r["id"] for r in rows], dtype=np.int64)
+    vectors = np.stack([r["vector"] for r in rows]).astype(np.float32)
+    index = make_faiss_index(factory, embedder.info.embedding_size, vectors, ids)
+    faiss_name = write_faiss_file(directory, index, generation)
+    tmp_db = directory / f".{DB_NAME}.tmp"
+    tmp_db.unlink(missing_ok=True)
+    db = connect(tmp_db)
+    create_schema(db)
+    stamp = now()
+    with db.conn:
+        db["images"].insert_all(({"id": r["id"], "path": r["path"], "label": r["label"], "sha256": r["sha256"],
+                                  "added_at": stamp, "vector": vector_blob(r["vector"])} for r in rows),
+                                batch_size=500)
+        db["manifest"].insert_all(({"key": k, "value": json.dumps(v)} for k, v in
+                                   manifest(embedder, factory, gallery_root, faiss_name, generation,
+                                            rows).items()), pk="key", replace=True)
+    db.conn.close()
+    fsync_path(tmp_db)
+    (directory / f"{DB_NAME}-journal").unlink(missing_ok=True)
+    os.replace(tmp_db, directory / DB_NAME)
+    fsync_path(directory)
+    remove_stale_faiss(directory, keep={faiss_name, f"vectors.{generation - 1}.faiss"})
+
+
+def manifest(embedder: Embedder, factory: str, gallery_root: str, faiss_name: str, generation: int,
+             rows: list[dict]) -> dict:
+    """Everything a reader must check before trusting this index."""
+    info = embedder.info
+    return {
+        "format_version": FORMAT_VERSION, "model_name": info.name, "model_version": info.version,
+        "model_sha256": info.sha256, "embedding_size": info.embedding_size, "input_size": info.input_size,
+        "mean": list(info.mean), "std": list(info.std), "index_type": factory, "metric": "inner_product",
+        "faiss_file": faiss_name, "generation": generation, "count": len(rows),
+        "labels": len({r["label"] for r in rows}), "gallery_root": gallery_root, "updated_at": now(),
+        "ef_search": 64, "nprobe": 16,
+    }

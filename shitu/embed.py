@@ -1,0 +1,133 @@
+"""Images in, L2-normalised embeddings out, with onnxruntime on the CPU.
+
+The model file carries its own preprocessing (input size, mean, std) in its ONNX metadata, so an index
+can never be built with one preprocessing and queried with another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from shitu.errors import BadImage, ShituError
+from shitu.imageio import load_rgb, resize_square
+
+DEFAULT_MODEL = "ppLCNet_x2_5_shitu.onnx"
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package."""
+    return Path(str(resources.files("shitu") / "models" / DEFAULT_MODEL))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an index must agree on with the model that queries it."""
+
+    name: str
+    version: str
+    sha256: str
+    embedding_size: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def describe(self) -> str:
+        return f"{self.name} {self.version} (sha256 {self.sha256[:12]})"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_model_info(session, path: Path) -> ModelInfo:
+    """Read the ``shitu.*`` metadata the exporter writes; refuse ONNX files without it."""
+    meta = session.get_modelmeta().custom_metadata_map
+    try:
+        return ModelInfo(
+            name=meta["shitu.model_name"], version=meta["shitu.model_version"], sha256=file_sha256(path),
+            embedding_size=int(meta["shitu.embedding_size"]), input_size=int(meta["shitu.input_size"]),
+            mean=tuple(json.loads(meta["shitu.mean"])), std=tuple(json.loads(meta["shitu.std"])),
+        )
+    except (KeyError, ValueError) as exc:
+        raise ShituError(f"{path} is not a shitu model (missing metadata {exc}); export one with "
+                         f"'shitu export'") from None
+
+
+class Embedder:
+    """An onnxruntime session plus the preprocessing its metadata prescribes."""
+
+    def __init__(self, model_path: str | Path | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(model_path) if model_path else default_model_path()
+        if not self.path.is_file():
+            raise ShituError(f"model not found: {self.path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise ShituError(f"cannot load model {self.path}: {str(exc).splitlines()[0]}") from None
+        self.info = read_model_info(self.session, self.path)
+        self.input_name = self.session.get_inputs()[0].name
+        self.mean = np.array(self.info.mean, dtype=np.float32).reshape(1, 1, 3) * 255.0
+        self.std = np.array(self.info.std, dtype=np.float32).reshape(1, 1, 3) * 255.0
+
+    def preprocess(self, path: str | Path) -> np.ndarray:
+        """One image file -> CHW float32 input; raises ``BadImage``."""
+        side = self.info.input_size
+        pixels = resize_square(load_rgb(path, side), side).astype(np.float32)
+        return ((pixels - self.mean) / self.std).transpose(2, 0, 1)
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """NCHW inputs -> N x D unit vectors (the model normalises; we re-normalise for safety)."""
+        vectors = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def embed_files(self, paths: Iterable[Path], batch_size: int = 32, workers: int = 2,
+                    on_bad: Callable[[int, str], None] | None = None,
+                    on_done: Callable[[int], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Stream ``(positions, vectors)`` batches; decoding runs in threads ahead of inference.
+
+        Unreadable files are reported through ``on_bad(position, reason)`` and skipped.
+        """
+        paths = list(paths)
+
+        def decode(position):
+            try:
+                return position, self.preprocess(paths[position]), None
+            except BadImage as exc:
+                return position, None, str(exc)
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            positions, inputs = [], []
+            for position, array, error in pool.map(decode, range(len(paths))):
+                if error is not None:
+                    if on_bad:
+                        on_bad(position, error)
+                else:
+                    positions.append(position)
+                    inputs.append(array)
+                if on_done:
+                    on_done(1)
+                if len(inputs) == batch_size:
+                    yield positions, self.embed_arrays(np.stack(inputs))
+                    positions, inputs = [], []
+            if inputs:
+                yield positions, self.embed_arrays(np.stack(inputs))

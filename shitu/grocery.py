@@ -1,0 +1,40 @@
+"""The Grocery Store Dataset (Klasson et al., WACV 2019) as shitu list files.
+
+Its split files say ``path, fine_id, coarse_id``; shitu wants ``path<TAB>label`` with readable labels.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+
+def class_table(root: Path) -> list[dict]:
+    """Rows of ``classes.csv`` as dicts with ``id``, ``name`` and ``iconic`` (relative path)."""
+    with open(root / "classes.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))[1:]
+    return [{"id": int(r[1]), "name": r[0], "iconic": r[4].lstrip("/")} for r in rows]
+
+
+def split_lines(root: Path, split: str, classes: set[str] | None = None) -> list[str]:
+    """``path<TAB>label`` lines of one split (``iconic`` included), optionally only some classes."""
+    table = class_table(root)
+    names = {row["id"]: row["name"] for row in table}
+    if split == "iconic":
+        pairs = [(row["iconic"], row["name"]) for row in table]
+    else:
+        pairs = []
+        for line in (root / f"{split}.txt").read_text().splitlines():
+            if line.strip():
+                path, fine_id, _ = (part.strip() for part in line.split(","))
+                pairs.append((path, names[int(fine_id)]))
+    return [f"{path}\t{label}" for path, label in pairs if classes is None or label in classes]
+
+
+def write_list(root: Path, split: str, out: Path, classes: set[str] | None = None) -> Path:
+    """Write one split's list file to ``out`` and return it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(split_lines(root, split, classes)) + "\n", encoding="utf-8")
+    return out

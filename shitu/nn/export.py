@@ -1,0 +1,79 @@
+"""Export a training checkpoint to the ONNX model the inference side loads.
+
+The graph includes L2 normalisation, has a dynamic batch axis, and carries ``shitu.*`` metadata:
+embedding size, input size, mean/std, model name and version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shitu.errors import ShituError
+from shitu.train.augment import MEAN, STD
+from shitu.train.config import TrainConfig
+from shitu.train.loop import build_model
+
+
+class Normalized(nn.Module):
+    """The embedding network followed by L2 normalisation."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.network(images), dim=1)
+
+
+def load_checkpoint_model(checkpoint: Path, prefer_ema: bool = True) -> tuple[nn.Module, TrainConfig, int]:
+    """The eval-mode network of a checkpoint (its EMA weights when it has them), config and epochs."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        config = TrainConfig(**state["config"])
+        weights = state["ema"] if prefer_ema and state.get("ema") is not None else state["model"]
+    except FileNotFoundError:
+        raise ShituError(f"checkpoint not found: {checkpoint}") from None
+    except (KeyError, TypeError, RuntimeError, EOFError, OSError) as exc:
+        raise ShituError(f"{checkpoint} is not a shitu training checkpoint ({exc})") from None
+    model = build_model(config)
+    model.load_state_dict(weights)
+    return model.eval(), config, state["epoch"] + 1
+
+
+def export_onnx(checkpoint: Path, out: Path, name: str = "PPLCNet_x2_5_shitu", version: str | None = None,
+                input_size: int | None = None) -> Path:
+    """Write ``out`` (atomically) from ``checkpoint``; returns the path."""
+    import onnx
+
+    model, config, epochs = load_checkpoint_model(Path(checkpoint))
+    size = input_size or config.export_size
+    wrapped = Normalized(model).eval()
+    example = torch.zeros(2, 3, size, size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.onnx.export(wrapped, (example,), str(tmp), input_names=["images"], output_names=["embeddings"],
+                      dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    graph = onnx.load(str(tmp))
+    metadata = {
+        "shitu.model_name": name,
+        "shitu.model_version": version or f"epoch{epochs}",
+        "shitu.embedding_size": str(config.embedding_size),
+        "shitu.input_size": str(size),
+        "shitu.mean": json.dumps([round(v, 4) for v in MEAN.flatten().tolist()]),
+        "shitu.std": json.dumps([round(v, 4) for v in STD.flatten().tolist()]),
+        "shitu.scale": str(config.scale),
+    }
+    del graph.metadata_props[:]
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(tmp))
+    tmp.replace(out)
+    return out

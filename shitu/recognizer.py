@@ -1,0 +1,121 @@
+"""The Python API: open an index with its model once, then query and evaluate repeatedly."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shitu.embed import Embedder
+from shitu.errors import BadImage, ShituError
+from shitu.gallery import GalleryItem
+from shitu.metrics import evaluate, needed_depth, parse_metric
+from shitu.progress import Progress
+from shitu.store import IndexStore
+
+
+@dataclass
+class Match:
+    rank: int
+    label: str
+    score: float
+    path: str
+
+
+@dataclass
+class Answer:
+    """One query image's answer; ``label`` is None when the best score is below the threshold."""
+
+    image: str
+    label: str | None
+    results: list[Match] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        data = {"image": self.image, "label": self.label, "results": [asdict(m) for m in self.results]}
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+class Recognizer:
+    """A loaded model and index; refuses an index built by a different model."""
+
+    def __init__(self, index_dir: str | Path = "index", model: str | Path | None = None,
+                 threads: int | None = None):
+        self.embedder = Embedder(model, threads)
+        self.store = IndexStore.open(index_dir, self.embedder.info)
+        self.store.faiss_index  # load now so the first query pays nothing extra
+
+    def matches(self, vectors: np.ndarray, topk: int) -> list[list[Match]]:
+        """Ranked matches of each vector."""
+        scores, ids = self.store.search(vectors, topk)
+        rows = self.store.rows(ids.ravel())
+        return [[Match(rank + 1, rows[i].label, round(float(s), 6), rows[i].path)
+                 for rank, (s, i) in enumerate((s, i) for s, i in zip(srow, irow) if i in rows)]
+                for srow, irow in zip(scores, ids)]
+
+    def query(self, images: list[str | Path], topk: int = 5, threshold: float | None = None) -> list[Answer]:
+        """Answer each image; unreadable ones get an ``error`` and no results."""
+        answers = [Answer(str(image), None) for image in images]
+        inputs, positions = [], []
+        for position, image in enumerate(images):
+            try:
+                inputs.append(self.embedder.preprocess(image))
+                positions.append(position)
+            except BadImage as exc:
+                answers[position].error = str(exc)
+        for start in range(0, len(inputs), 32):
+            vectors = self.embedder.embed_arrays(np.stack(inputs[start:start + 32]))
+            for position, found in zip(positions[start:start + 32], self.matches(vectors, topk)):
+                answers[position].results = found
+                best = found[0] if found else None
+                if best is not None and (threshold is None or best.score >= threshold):
+                    answers[position].label = best.label
+        return answers
+
+    def evaluate(self, metrics: list[str], queries: list[GalleryItem] | None = None,
+                 quiet: bool = False, warn=None) -> dict:
+        """Metrics for query images, or leave-one-out over the gallery when ``queries`` is None."""
+        metrics = [parse_metric(m) for m in metrics] or ["recall@1"]
+        rows = self.store.all_rows()
+        gallery_labels = [r.label for r in rows]
+        depth = needed_depth(metrics, gallery_labels, leave_one_out=queries is None)
+        if queries is None:
+            ids, vectors = self.store.all_vectors()
+            ranked = self.ranked_labels(vectors, depth + 1, exclude=ids)
+            truth = [r.label for r in rows]
+        else:
+            vectors, truth = self.embed_queries(queries, quiet, warn)
+            ranked = self.ranked_labels(vectors, depth)
+        result = evaluate(ranked, truth, gallery_labels, metrics, leave_one_out=queries is None)
+        result["gallery"] = len(rows)
+        return result
+
+    def ranked_labels(self, vectors: np.ndarray, depth: int, exclude: np.ndarray | None = None):
+        """Neighbour labels per query, dropping each query's own id when ``exclude`` is given."""
+        labels = {r.id: r.label for r in self.store.all_rows()}
+        ranked = []
+        for start in range(0, len(vectors), 1024):
+            _, ids = self.store.search(vectors[start:start + 1024], depth)
+            for n, row in enumerate(ids):
+                own = exclude[start + n] if exclude is not None else None
+                ranked.append([labels[i] for i in row if i >= 0 and i != own][:depth - (own is not None)])
+        return ranked
+
+    def embed_queries(self, queries: list[GalleryItem], quiet: bool, warn) -> tuple[np.ndarray, list[str]]:
+        vectors, truth = [], []
+
+        def bad(_, reason):
+            if warn:
+                warn(f"skipped {reason}")
+
+        with Progress(len(queries), "embedding queries", quiet) as bar:
+            for positions, batch in self.embedder.embed_files([q.path for q in queries], on_bad=bad,
+                                                              on_done=lambda n: bar.advance()):
+                vectors.append(batch)
+                truth += [queries[p].label for p in positions]
+        if not truth:
+            raise ShituError("none of the query images could be read")
+        return np.concatenate(vectors), truth

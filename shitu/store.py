@@ -1,0 +1,259 @@
+"""The index on disk: one SQLite database (rows, vectors, manifest) and one FAISS file.
+
+Crash safety comes from a single commit point. A writer first writes a new FAISS file under a new
+generation number (``vectors.<gen>.faiss``, fsynced), then commits the rows and a manifest naming that
+file in one SQLite transaction. A crash before the commit leaves the old manifest pointing at the old,
+untouched file; readers always open the file their manifest names. The previous generation is kept
+so a reader that has just read the manifest can still open its file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from shitu.embed import ModelInfo
+from shitu.errors import ShituError
+
+FORMAT_VERSION = 1
+DB_NAME = "gallery.db"
+LOCK_NAME = ".write.lock"
+AUTO_FLAT_LIMIT = 20_000
+
+
+@dataclass
+class Row:
+    """One gallery image as stored."""
+
+    id: int
+    path: str
+    label: str
+    sha256: str
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def faiss_module():
+    import faiss
+
+    return faiss
+
+
+def resolve_index_type(index_type: str, count: int) -> str:
+    """``auto`` becomes exact search for small galleries and HNSW beyond ``AUTO_FLAT_LIMIT``."""
+    if index_type == "auto":
+        return "Flat" if count < AUTO_FLAT_LIMIT else "HNSW32"
+    return index_type
+
+
+def make_faiss_index(factory: str, dimension: int, vectors: np.ndarray, ids: np.ndarray):
+    """A trained ``IDMap2,<factory>`` inner-product index holding ``vectors`` under ``ids``."""
+    faiss = faiss_module()
+    try:
+        index = faiss.index_factory(dimension, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError:
+        raise ShituError(f"bad --index-type {factory!r}: not a FAISS factory string "
+                         f"(try Flat, HNSW32, IVF256,Flat or auto)") from None
+    if not index.is_trained:
+        if len(vectors) == 0:
+            raise ShituError(f"index type {factory} must be trained, but the gallery is empty")
+        try:
+            index.train(vectors)
+        except RuntimeError as exc:
+            raise ShituError(f"cannot train index type {factory} on {len(vectors)} vectors: "
+                             f"{str(exc).splitlines()[0]}; use fewer lists or --index-type auto") from None
+    if len(vectors):
+        index.add_with_ids(vectors, ids)
+    return index
+
+
+def tune_search(index, settings: dict):
+    """Apply query-time knobs (HNSW efSearch, IVF nprobe) stored in the manifest."""
+    faiss = faiss_module()
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    if hasattr(inner, "hnsw"):
+        inner.hnsw.efSearch = int(settings.get("ef_search", 64))
+    if hasattr(inner, "nprobe"):
+        inner.nprobe = int(settings.get("nprobe", 16))
+
+
+def vector_blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+class IndexStore:
+    """An index directory: open for reading with ``open``, change with ``writer``."""
+
+    def __init__(self, directory: Path, db: sqlite_utils.Database, manifest: dict):
+        self.directory, self.db, self.manifest = directory, db, manifest
+        self._faiss = None
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: str | Path, model: ModelInfo | None = None) -> "IndexStore":
+        """Open an existing index; with ``model``, refuse one built by a different model."""
+        directory = Path(directory)
+        db_path = directory / DB_NAME
+        if not db_path.is_file():
+            raise ShituError(f"no index at {directory}: run 'shitu build-index GALLERY --index {directory}'")
+        db = connect(db_path)
+        manifest = read_manifest(db, directory)
+        store = cls(directory, db, manifest)
+        if model is not None:
+            store.require_model(model)
+        return store
+
+    def require_model(self, model: ModelInfo):
+        m = self.manifest
+        if m["model_sha256"] != model.sha256 or m["embedding_size"] != model.embedding_size:
+            raise ShituError(
+                f"index {self.directory} was built with model {m['model_name']} {m['model_version']} "
+                f"(sha256 {m['model_sha256'][:12]}, {m['embedding_size']}-d), not with {model.describe()}; "
+                f"rebuild it with 'shitu build-index' or pass the matching --model")
+
+    # -- reading -----------------------------------------------------------------------------------
+    @property
+    def faiss_index(self):
+        if self._faiss is None:
+            self._faiss = self.load_faiss()
+        return self._faiss
+
+    def load_faiss(self):
+        faiss = faiss_module()
+        path = self.directory / self.manifest["faiss_file"]
+        if not path.is_file():
+            raise ShituError(f"index {self.directory} is damaged: {path.name} is missing "
+                             f"(run 'shitu check --repair --index {self.directory}')")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:
+            raise ShituError(f"index {self.directory} is damaged: {path.name} cannot be read "
+                             f"(run 'shitu check --repair --index {self.directory}')") from None
+        tune_search(index, self.manifest)
+        return index
+
+    def count(self) -> int:
+        return self.db["images"].count
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query vector; missing neighbours have id -1."""
+        k = max(1, min(k, self.faiss_index.ntotal))
+        return self.faiss_index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+    def rows(self, ids) -> dict[int, Row]:
+        """Stored rows for the given ids."""
+        wanted = sorted({int(i) for i in ids if i >= 0})
+        found = {}
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start:start + 900]
+            sql = f"select id, path, label, sha256 from images where id in ({','.join('?' * len(chunk))})"
+            for row in self.db.execute(sql, chunk).fetchall():
+                found[row[0]] = Row(*row)
+        return found
+
+    def all_rows(self) -> list[Row]:
+        return [Row(*r) for r in self.db.execute("select id, path, label, sha256 from images order by id")]
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every stored image, in id order."""
+        ids, blobs = [], []
+        for row_id, blob in self.db.execute("select id, vector from images order by id"):
+            ids.append(row_id)
+            blobs.append(blob)
+        size = self.manifest["embedding_size"]
+        matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), size)
+        return np.array(ids, dtype=np.int64), matrix
+
+    def label_counts(self) -> dict[str, int]:
+        return dict(self.db.execute("select label, count(*) from images group by label order by label"))
+
+
+def connect(db_path: Path) -> sqlite_utils.Database:
+    """Open the SQLite file, turning "not a database" into a clear message."""
+    try:
+        conn = sqlite3.connect(str(db_path), timeout=30, isolation_level=None)
+        conn.execute("pragma busy_timeout = 30000")
+        conn.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ShituError(f"index database {db_path} is damaged ({exc})") from None
+    return sqlite_utils.Database(conn)
+
+
+def read_manifest(db: sqlite_utils.Database, directory: Path) -> dict:
+    """The manifest as a dict; refuses unknown format versions and unfinished builds."""
+    try:
+        manifest = {k: json.loads(v) for k, v in db.execute("select key, value from manifest")}
+    except sqlite3.DatabaseError:
+        raise ShituError(f"{directory} holds no finished shitu index (no manifest); "
+                         f"run 'shitu build-index' again") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ShituError(f"index {directory} has format version {version!r}; this shitu reads version "
+                         f"{FORMAT_VERSION}: rebuild it with 'shitu build-index'")
+    return manifest
+
+
+@contextmanager
+def write_lock(directory: Path):
+    """Hold the index's writer lock; a second writer is refused at once with a clear message."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ShituError(f"another shitu process is changing the index at {directory}; "
+                             f"try again when it has finished") from None
+        yield
+    finally:
+        handle.close()
+
+
+def fsync_path(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_faiss_file(directory: Path, index, generation: int) -> str:
+    """Write ``vectors.<generation>.faiss`` durably (temp file, fsync, rename, fsync folder)."""
+    faiss = faiss_module()
+    name = f"vectors.{generation}.faiss"
+    tmp = directory / f".{name}.tmp"
+    faiss.write_index(index, str(tmp))
+    fsync_path(tmp)
+    os.replace(tmp, directory / name)
+    fsync_path(directory)
+    return name
+
+
+def remove_stale_faiss(directory: Path, keep: set[str]):
+    """Delete FAISS files and temp files no manifest refers to any more."""
+    for path in directory.glob("vectors.*.faiss"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+    for path in directory.glob(".vectors.*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def create_schema(db: sqlite_utils.Database):
+    db["images"].create({"id": int, "path": str, "label": str, "sha256": str, "added_at": str,
+                         "vector": bytes}, pk="id", not_null={"path", "label", "sha256", "vector"},
+                        if_not_exists=True)
+    db["images"].create_index(["path"], unique=True, if_not_exists=True)
+    db["images"].create_index(["label"], if_not_exists=True)
+    db["manifest"].create({"key": str, "value": str}, pk="key", if_not_exists=True)

@@ -1,0 +1,110 @@
+"""Training configuration: one flat dataclass, read from and written to TOML beside the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shitu.errors import ShituError
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; CLI flags override fields by name."""
+
+    data: str = ""
+    lists: list[str] = field(default_factory=list)
+    val_list: str = ""
+    val_gallery_list: str = ""
+    epochs: int = 30
+    batch_classes: int = 16
+    batch_per_class: int = 4
+    resolutions: list[list[int]] = field(default_factory=lambda: [[0, 128]])
+    scale: float = 2.5
+    embedding_size: int = 512
+    bn_neck: bool = False
+    dropout: float = 0.2
+    arc_weight: float = 1.0
+    arc_scale: float = 30.0
+    arc_margin: float = 0.2
+    label_smoothing: float = 0.1
+    triplet_weight: float = 1.0
+    triplet_margin: float = 0.5
+    teacher: str = "efficientnet_lite0"
+    distill_weight: float = 2.0
+    distill_kind: str = "cosine"
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: int = 2
+    ema_decay: float = 0.998
+    crop_scale_min: float = 0.35
+    rotation: float = 15.0
+    color_jitter: float = 0.3
+    erase_prob: float = 0.25
+    seed: int = 0
+    threads: int = 0
+    export_size: int = 224
+
+    def resolution_at(self, epoch: int) -> int:
+        """Training image side for a 0-based ``epoch`` (progressive resizing)."""
+        return [size for start, size in sorted(self.resolutions) if start <= epoch][-1]
+
+    def validate(self) -> "TrainConfig":
+        """Refuse values that would fail later, with the field's name in the message."""
+        if not self.data:
+            raise ShituError("training needs a data folder")
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_classes >= 2 and self.batch_per_class >= 2,
+             "batch_classes and batch_per_class must be >= 2 (triplets need positives and negatives)"),
+            (bool(self.resolutions) and min(s for _, s in self.resolutions) >= 32
+             and min(e for e, _ in self.resolutions) == 0,
+             "resolutions must start at epoch 0 with sizes >= 32, e.g. [[0, 128], [20, 224]]"),
+            (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
+            (self.distill_kind in ("cosine", "relational"), "distill_kind must be cosine or relational"),
+            (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
+            (0.05 <= self.crop_scale_min <= 1.0, "crop_scale_min must be in [0.05, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ShituError(f"bad training config: {message}")
+        return self
+
+
+def load_config(path: Path | None, overrides: dict) -> TrainConfig:
+    """Defaults, then the TOML file, then the non-None ``overrides``."""
+    values = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ShituError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ShituError(f"config file {path} is not valid TOML: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ShituError(f"unknown training setting(s): {', '.join(unknown)}")
+    return TrainConfig(**values).validate()
+
+
+def to_toml(config: TrainConfig) -> str:
+    """The config as TOML (flat: strings, numbers, booleans, lists)."""
+    return "".join(f"{key} = {toml_value(value)}\n" for key, value in dataclasses.asdict(config).items())
+
+
+def toml_value(value) -> str:
+    """One TOML literal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,285 @@
+"""The training loop: P x K batches, ArcMargin + triplet + distillation, EMA, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shitu.errors import ShituError
+from shitu.metrics import evaluate
+from shitu.nn.heads import ArcMarginHead
+from shitu.nn.lcnet import EmbeddingNet
+from shitu.nn.losses import cosine_distillation, relational_distillation, triplet_angular_margin
+from shitu.train.augment import augment, normalize
+from shitu.train.config import TrainConfig, to_toml
+from shitu.train.data import PKSampler, decode_all, read_records
+from shitu.progress import Progress
+
+
+class ModelEMA:
+    """Exponential moving average of all weights and buffers, warmed up over the first steps."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module):
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.state[key].mul_(decay).add_(value.detach(), alpha=1 - decay)
+            else:
+                self.state[key].copy_(value)
+
+
+def build_model(config: TrainConfig) -> EmbeddingNet:
+    """The embedding network a config describes."""
+    return EmbeddingNet(config.scale, config.embedding_size, config.bn_neck, config.dropout)
+
+
+def learning_rate(config: TrainConfig, step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Owns the run directory: ``config.toml``, ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``curves.png``."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, device: str | None = None, quiet: bool = False):
+        self.config, self.run_dir, self.quiet = config, Path(run_dir), quiet
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        seed_everything(config.seed)
+        self.items = read_records(config.data, config.lists)
+        self.label_names = sorted({item.label for item in self.items})
+        index = {name: i for i, name in enumerate(self.label_names)}
+        self.labels = np.array([index[item.label] for item in self.items])
+        if len(self.label_names) < 2:
+            raise ShituError("training needs at least two labels")
+        self.model = build_model(config).to(self.device)
+        self.head = ArcMarginHead(config.embedding_size, len(self.label_names),
+                                  config.arc_scale, config.arc_margin).to(self.device)
+        self.teacher, self.projection = None, None
+        if config.teacher and config.distill_weight > 0:
+            from shitu.nn.teacher import Teacher
+
+            self.teacher = Teacher(config.teacher).to(self.device)
+            self.projection = nn.Linear(config.embedding_size, self.teacher.feature_size).to(self.device)
+        self.optimizer = self.make_optimizer()
+        self.ema = ModelEMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.sampler = PKSampler(self.labels, config.batch_classes, config.batch_per_class, config.seed)
+        self.start_epoch, self.best_recall, self.caches = 0, -1.0, {}
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def trainable(self) -> list[nn.Module]:
+        return [m for m in (self.model, self.head, self.projection) if m is not None]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for module in self.trainable():
+            for name, parameter in module.named_parameters():
+                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+        groups = [{"params": decay, "weight_decay": self.config.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.config.lr, momentum=self.config.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=self.config.lr)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self, epoch: int, metrics: dict) -> dict:
+        return {
+            "epoch": epoch, "config": asdict(self.config), "labels": self.label_names,
+            "model": self.model.state_dict(), "head": self.head.state_dict(),
+            "projection": self.projection.state_dict() if self.projection else None,
+            "ema": self.ema.state if self.ema else None, "ema_updates": self.ema.updates if self.ema else 0,
+            "optimizer": self.optimizer.state_dict(), "best_recall": self.best_recall,
+            "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state(), "metrics": metrics,
+        }
+
+    def save(self, state: dict, name: str):
+        """Write atomically so an interrupted save never leaves a half checkpoint."""
+        tmp = self.run_dir / f".{name}.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / name)
+
+    def resume(self):
+        """Continue from ``last.pt`` of this run directory."""
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            raise ShituError(f"nothing to resume: {path} does not exist")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["labels"] != self.label_names:
+            raise ShituError("cannot resume: the training labels differ from the checkpoint's")
+        self.model.load_state_dict(state["model"])
+        self.head.load_state_dict(state["head"])
+        if self.projection is not None and state["projection"] is not None:
+            self.projection.load_state_dict(state["projection"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.state, self.ema.updates = state["ema"], state["ema_updates"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["generator"])
+        self.start_epoch, self.best_recall = state["epoch"] + 1, state["best_recall"]
+
+    # -- data --------------------------------------------------------------------------------
+    def cache(self, items, side: int, key: str) -> torch.Tensor:
+        """Decoded images at ``side`` px, computed once per (set, side)."""
+        if (key, side) not in self.caches:
+            with Progress(len(items), f"decoding {key} images at {side}px", self.quiet) as bar:
+                array = decode_all(items, side, max(1, torch.get_num_threads()), bar.advance)
+            self.caches[(key, side)] = torch.from_numpy(array)
+        return self.caches[(key, side)]
+
+    # -- one epoch -----------------------------------------------------------------------------
+    def losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        embeddings = self.model(images)
+        c = self.config
+        parts = {"arc": F.cross_entropy(self.head(embeddings, labels), labels, label_smoothing=c.label_smoothing)
+                 * c.arc_weight}
+        if c.triplet_weight > 0:
+            parts["triplet"] = triplet_angular_margin(embeddings, labels, c.triplet_margin) * c.triplet_weight
+        if self.teacher is not None:
+            target = self.teacher(images)
+            if c.distill_kind == "cosine":
+                parts["distill"] = cosine_distillation(self.projection(embeddings), target) * c.distill_weight
+            else:
+                parts["distill"] = relational_distillation(embeddings, target) * c.distill_weight
+        return parts
+
+    def train_epoch(self, epoch: int) -> dict:
+        c, size = self.config, self.config.resolution_at(epoch)
+        images = self.cache(self.items, round(size * 1.25), "train")
+        labels = torch.from_numpy(self.labels)
+        steps, total = self.sampler.steps, self.sampler.steps * c.epochs
+        for module in self.trainable():
+            module.train()
+        sums, started = {}, time.time()
+        with Progress(steps, f"epoch {epoch + 1}/{c.epochs} at {size}px", self.quiet) as bar:
+            for step, batch in enumerate(self.sampler.epoch(epoch)):
+                global_step = epoch * steps + step
+                lr = learning_rate(c, global_step, total, c.warmup_epochs * steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                x = augment(images[batch].to(self.device), size, c, self.generator)
+                parts = self.losses(x, labels[batch].to(self.device))
+                loss = sum(parts.values())
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_([p for m in self.trainable() for p in m.parameters()], 5.0)
+                self.optimizer.step()
+                if self.ema:
+                    self.ema.update(self.model)
+                for name, value in {"loss": loss, **parts}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value)
+                bar.advance(f"loss {float(loss):.3f}")
+        metrics = {name: value / steps for name, value in sums.items()}
+        metrics.update(epoch=epoch + 1, lr=lr, size=size, seconds=round(time.time() - started, 1),
+                       images_per_second=round(steps * len(batch) / (time.time() - started), 2))
+        return metrics
+
+    # -- validation ------------------------------------------------------------------------------
+    def eval_model(self) -> EmbeddingNet:
+        """The weights to evaluate and export: the EMA when there is one."""
+        if self.ema is None:
+            return self.model
+        model = build_model(self.config).to(self.device)
+        model.load_state_dict(self.ema.state)
+        return model
+
+    @torch.no_grad()
+    def embed(self, model: nn.Module, images: torch.Tensor, batch: int = 128) -> np.ndarray:
+        model.eval()
+        out = [F.normalize(model(normalize(images[i:i + batch].to(self.device)))).cpu()
+               for i in range(0, len(images), batch)]
+        return torch.cat(out).numpy()
+
+    def validate(self, size: int) -> float | None:
+        """recall@1 of ``val`` queries against ``val_gallery`` (or leave-one-out within ``val``)."""
+        c = self.config
+        if not c.val_list:
+            return None
+        queries = read_records(c.data, [c.val_list])
+        gallery = read_records(c.data, [c.val_gallery_list]) if c.val_gallery_list else queries
+        model = self.eval_model()
+        q = self.embed(model, self.cache(queries, size, "val"))
+        g = q if gallery is queries else self.embed(model, self.cache(gallery, size, "val-gallery"))
+        similarity = q @ g.T
+        if gallery is queries:
+            np.fill_diagonal(similarity, -np.inf)
+        top = similarity.argmax(axis=1)
+        ranked = [[gallery[j].label] for j in top]
+        result = evaluate(ranked, [i.label for i in queries], [i.label for i in gallery], ["recall@1"],
+                          leave_one_out=gallery is queries)
+        return result["recall@1"]
+
+    # -- the run ---------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.toml").write_text(to_toml(self.config), encoding="utf-8")
+        metrics = {}
+        for epoch in range(self.start_epoch, self.config.epochs):
+            metrics = self.train_epoch(epoch)
+            recall = self.validate(metrics["size"])
+            if recall is not None:
+                metrics["val_recall@1"] = recall
+            state = self.checkpoint(epoch, metrics)
+            self.save(state, "last.pt")
+            if recall is not None and recall > self.best_recall:
+                self.best_recall = recall
+                state["best_recall"] = recall
+                self.save(state, "best.pt")
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
+                log.write(json.dumps(metrics) + "\n")
+            plot_curves(self.run_dir)
+        return metrics
+
+
+def plot_curves(run_dir: Path):
+    """Draw ``metrics.jsonl`` as ``curves.png`` (losses, learning rate, validation recall@1)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    epochs = [r["epoch"] for r in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key in ("loss", "arc", "triplet", "distill"):
+        if key in rows[-1]:
+            axes[0].plot(epochs, [r.get(key) for r in rows], label=key)
+    axes[0].set_title("losses")
+    axes[0].legend()
+    axes[1].plot(epochs, [r["lr"] for r in rows])
+    axes[1].set_title("learning rate")
+    if "val_recall@1" in rows[-1]:
+        axes[2].plot(epochs, [r.get("val_recall@1") for r in rows], marker="o")
+    axes[2].set_title("val recall@1")
+    for axis in axes:
+        axis.set_xlabel("epoch")
+    figure.tight_layout()
+    figure.savefig(run_dir / "curves.png", dpi=80)
+    plt.close(figure)
