@@ -23,6 +23,7 @@ import argparse
 import io
 import math
 import shutil
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -81,9 +82,11 @@ PRODUCTS: tuple[Product, ...] = (
 )
 
 # Printable front panel (width, height) of each package shape, and where it sits on the package.
-PANEL_SIZE = {"box": (170, 230), "carton": (150, 200), "can": (130, 190), "bag": (180, 200), "tub": (200, 150)}
+PANEL_SIZE = {"box": (170, 230), "carton": (150, 200), "can": (130, 190), "bag": (180, 200),
+              "tub": (200, 150)}
 PANEL_OFFSET = {"box": (0, 14), "carton": (0, 50), "can": (0, 16), "bag": (0, 24), "tub": (0, 36)}
-PACKAGE_SIZE = {"box": (190, 244), "carton": (150, 250), "can": (130, 222), "bag": (180, 244), "tub": (200, 186)}
+PACKAGE_SIZE = {"box": (190, 244), "carton": (150, 250), "can": (130, 222), "bag": (180, 244),
+                "tub": (200, 186)}
 
 
 # ---------------------------------------------------------------- drawing helpers
@@ -105,15 +108,84 @@ def shade(colour: RGB, factor: float) -> RGB:
     return tuple(int(c + (255 - c) * (factor - 1)) for c in colour)  # type: ignore[return-value]
 
 
-def draw_fitted_text(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str,
+def split_accents(line: str) -> list[tuple[str, str]]:
+    """(base letter, combining accents) pairs: the bundled font only has ASCII glyphs, so the
+    accents of labels like "Crème Fraîche" are drawn as strokes on top of the plain letters."""
+    pairs: list[tuple[str, str]] = []
+    for char in unicodedata.normalize("NFD", line):
+        if unicodedata.combining(char) and pairs:
+            pairs[-1] = (pairs[-1][0], pairs[-1][1] + char)
+        else:
+            pairs.append((char, ""))
+    return pairs
+
+
+def split_plain(line: str) -> str:
+    """The line without its accents: what the bundled font actually lays out."""
+    return "".join(base for base, _ in split_accents(line))
+
+
+def draw_accent(draw: ImageDraw.ImageDraw, mark: str, cx: float, bottom: float, unit: float) -> None:
+    """One accent (grave, acute, circumflex, tilde, diaeresis) sitting on ``bottom``, centred at ``cx``."""
+    stroke = max(1, round(unit * 0.6))
+    if mark == "\u0301":
+        draw.line((cx - unit, bottom, cx + unit, bottom - 2 * unit), fill=255, width=stroke)
+    elif mark == "\u0300":
+        draw.line((cx + unit, bottom, cx - unit, bottom - 2 * unit), fill=255, width=stroke)
+    elif mark == "\u0302":
+        chevron = (cx - 1.5 * unit, bottom, cx, bottom - 1.8 * unit, cx + 1.5 * unit, bottom)
+        draw.line(chevron, fill=255, width=stroke)
+    elif mark == "\u0303":
+        wave = [(cx + t * 2.0 * unit, bottom - unit + 0.8 * unit * math.sin(t * math.pi))
+                for t in np.linspace(-1, 1, 11)]
+        draw.line(wave, fill=255, width=stroke)
+    elif mark == "\u0308":
+        for dx in (-1.1 * unit, 1.1 * unit):
+            dot = (cx + dx - 0.6 * unit, bottom - 1.4 * unit, cx + dx + 0.6 * unit, bottom - 0.2 * unit)
+            draw.ellipse(dot, fill=255)
+
+
+def draw_text_line(draw: ImageDraw.ImageDraw, line: str, size: int, centre_x: float, baseline: float) -> None:
+    """One centred line into an L mask: plain letters first, then their accents (dotless for i/j)."""
+    pairs = split_accents(line)
+    plain = split_plain(line)
+    left = centre_x - draw.textlength(plain, font=font(size)) / 2
+    draw.text((left, baseline), plain, font=font(size), fill=255, anchor="ls")
+    x_height = font(size).getbbox("x", anchor="ls")[1]
+    for position, (base, marks) in enumerate(pairs):
+        if not marks:
+            continue
+        x = left + draw.textlength(plain[:position], font=font(size))
+        glyph_left, glyph_top, glyph_right, _ = font(size).getbbox(base, anchor="ls")
+        if base in "ij":  # remove the dot, the accent takes its place
+            draw.rectangle((x + glyph_left - 1, baseline + glyph_top - 1, x + glyph_right + 1,
+                            baseline + x_height - 1), fill=0)
+            glyph_top = x_height
+        for mark in marks:
+            mark_x = x + (glyph_left + glyph_right) / 2
+            draw_accent(draw, mark, mark_x, baseline + glyph_top - size * 0.08, size * 0.08)
+
+
+def text_mask(text: str, size: int) -> Image.Image:
+    """Multi-line centred text as an L mask cropped to its ink, so it can be fitted and centred."""
+    lines = text.split("\n")
+    width = max(math.ceil(font(size).getlength(split_plain(line))) for line in lines) + 8
+    pitch = round(size * 1.15)
+    mask = Image.new("L", (width, pitch * len(lines) + size), 0)
+    draw = ImageDraw.Draw(mask)
+    for number, line in enumerate(lines):
+        draw_text_line(draw, line, size, width / 2, round(size * 1.35) + number * pitch)
+    return mask.crop(mask.getbbox())
+
+
+def draw_fitted_text(image: Image.Image, centre: tuple[float, float], text: str,
                      box: tuple[float, float], largest: int, fill: RGB) -> None:
-    """Centre (multi-line) text at the largest font size that fits ``box`` (width, height)."""
+    """Centre (multi-line) text at the largest font size whose ink fits ``box`` (width, height)."""
     for size in range(largest, 7, -1):
-        left, top, right, bottom = draw.multiline_textbbox(centre, text, font=font(size), anchor="mm",
-                                                           align="center", spacing=2)
-        if right - left <= box[0] and bottom - top <= box[1]:
+        mask = text_mask(text, size)
+        if mask.width <= box[0] and mask.height <= box[1]:
             break
-    draw.multiline_text(centre, text, font=font(size), fill=fill, anchor="mm", align="center", spacing=2)
+    image.paste(fill, (round(centre[0] - mask.width / 2), round(centre[1] - mask.height / 2)), mask)
 
 
 def star_points(cx: float, cy: float, radius: float, points: int = 5) -> list[tuple[float, float]]:
@@ -160,15 +232,15 @@ def draw_panel(product: Product) -> Image.Image:
     draw = ImageDraw.Draw(panel)
     draw.polygon([(0, 0.52 * height), (width, 0.40 * height), (width, 0.58 * height), (0, 0.68 * height)],
                  fill=product.accent)
-    draw_fitted_text(draw, (width / 2, 0.11 * height), product.brand, (width * 0.85, 0.16 * height),
+    draw_fitted_text(panel, (width / 2, 0.11 * height), product.brand, (width * 0.85, 0.16 * height),
                      28, product.ink)
     radius = 0.15 * min(width, height * 1.2)
     draw_logo(draw, product.logo, width / 2, 0.34 * height, radius, product)
-    draw_fitted_text(draw, (width / 2, 0.76 * height), product.name, (width * 0.8, 0.22 * height),
+    draw_fitted_text(panel, (width / 2, 0.76 * height), product.name, (width * 0.8, 0.22 * height),
                      30, product.ink)
     band_top = 0.89 * height
     draw.rectangle((width * 0.18, band_top, width * 0.82, height - 3), fill=(252, 252, 246))
-    draw_fitted_text(draw, (width / 2, (band_top + height - 3) / 2), product.tagline,
+    draw_fitted_text(panel, (width / 2, (band_top + height - 3) / 2), product.tagline,
                      (width * 0.6, height - 3 - band_top), 14, (30, 30, 30))
     return panel
 
@@ -179,7 +251,8 @@ def shape_mask(shape: str) -> Image.Image:
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
     if shape == "box":
-        draw.polygon([(0, 14), (20, 0), (width, 0), (width, height - 14), (width - 20, height), (0, height)], fill=255)
+        draw.polygon([(0, 14), (20, 0), (width, 0), (width, height - 14), (width - 20, height), (0, height)],
+                     fill=255)
     elif shape == "carton":
         draw.polygon([(0, 50), (15, 10), (15, 0), (width - 15, 0), (width - 15, 10), (width, 50),
                       (width, height), (0, height)], fill=255)
@@ -204,7 +277,8 @@ def draw_shape_details(package: Image.Image, product: Product) -> None:
     body = product.body
     if product.shape == "box":
         draw.polygon([(0, 14), (20, 0), (width, 0), (width - 20, 14)], fill=shade(body, 1.3))
-        draw.polygon([(width - 20, 14), (width, 0), (width, height - 14), (width - 20, height)], fill=shade(body, 0.6))
+        draw.polygon([(width - 20, 14), (width, 0), (width, height - 14), (width - 20, height)],
+                     fill=shade(body, 0.6))
     elif product.shape == "carton":
         draw.polygon([(0, 50), (15, 10), (width - 15, 10), (width, 50)], fill=shade(body, 0.85))
         draw.rectangle((15, 0, width - 15, 10), fill=shade(body, 0.75))
@@ -252,10 +326,12 @@ def package_image(index: int) -> Image.Image:
 
 
 def place_package(scene: Image.Image, package: Image.Image, centre: tuple[float, float],
-                  fit: tuple[float, float], angle: float = 0.0, shadow: float = 0.35) -> tuple[int, int, int, int]:
+                  fit: tuple[float, float], angle: float = 0.0,
+                  shadow: float = 0.35) -> tuple[int, int, int, int]:
     """Scale ``package`` into ``fit`` (w, h), rotate, paste with a soft drop shadow; return its box."""
     scale = min(fit[0] / package.width, fit[1] / package.height)
-    sized = package.resize((round(package.width * scale), round(package.height * scale)), Image.Resampling.LANCZOS)
+    new_size = (round(package.width * scale), round(package.height * scale))
+    sized = package.resize(new_size, Image.Resampling.LANCZOS)
     if angle:
         sized = sized.rotate(angle, Image.Resampling.BICUBIC, expand=True)
     left, top = round(centre[0] - sized.width / 2), round(centre[1] - sized.height / 2)
@@ -290,7 +366,7 @@ def gallery_photo(index: int, style: str, rng: np.random.Generator) -> Image.Ima
 
 
 def shelf_background(rng: np.random.Generator) -> Image.Image:
-    """A store shelf: muted back wall, a shelf board with a price rail top and bottom."""
+    """A store shelf: a muted back wall between two shelf boards, each with a dark front edge."""
     wall = rng.uniform(90, 190, 3)
     scene = gradient_image(wall, (1.1, 0.8))
     draw = ImageDraw.Draw(scene)
@@ -359,8 +435,7 @@ def add_occlusion(scene: Image.Image, rng: np.random.Generator, box: tuple[int, 
         draw.ellipse((x - 22, bottom - 88, x + 22, bottom - 52), fill=shade(skin, 1.15))  # nail
         return
     sticker = Image.new("RGBA", (96, 46), (250, 220, 40, 255))
-    sticker_draw = ImageDraw.Draw(sticker)
-    sticker_draw.text((48, 23), f"{rng.uniform(0.5, 9.9):.2f} €", font=font(20), fill=(200, 20, 20), anchor="mm")
+    draw_fitted_text(sticker, (48, 23), f"{rng.uniform(0.5, 9.9):.2f}", (84, 36), 26, (200, 20, 20))
     sticker = sticker.rotate(float(rng.uniform(-25, 25)), Image.Resampling.BICUBIC, expand=True)
     corner = (int(rng.uniform(left - 30, right - 60)), int(rng.uniform(top + 20, bottom - 50)))
     scene.paste(sticker, corner, sticker)
@@ -405,16 +480,17 @@ def query_photo(index: int, rng: np.random.Generator) -> Image.Image:
     centre = (160 + rng.uniform(-20, 20), 160 + rng.uniform(-15, 15))
     fit = (rng.uniform(260, 320), rng.uniform(270, 330))  # the warp canvas has a transparent margin
     box = place_package(scene, package, centre, fit, float(rng.uniform(-6, 6)), shadow=0.3)
-    add_occlusion(scene, rng, tight_box(box, package))
+    add_occlusion(scene, rng, visible_box(box, package))
     return camera_effects(scene, rng)
 
 
-def tight_box(box: tuple[int, int, int, int], package: Image.Image) -> tuple[int, int, int, int]:
-    """Shrink a pasted box to the visible package (the warp canvas has a transparent margin)."""
+def visible_box(box: tuple[int, int, int, int], package: Image.Image) -> tuple[int, int, int, int]:
+    """Shrink a pasted box to the package's opaque pixels (the warp canvas has a transparent margin)."""
     left, top, right, bottom = box
-    margin_x = (right - left) * 0.2 * package.height / package.width / 1.4
-    margin_y = (bottom - top) * 0.12
-    return int(left + margin_x), int(top + margin_y), int(right - margin_x), int(bottom - margin_y)
+    opaque_left, opaque_top, opaque_right, opaque_bottom = package.getchannel("A").getbbox()
+    scale_x, scale_y = (right - left) / package.width, (bottom - top) / package.height
+    return (int(left + opaque_left * scale_x), int(top + opaque_top * scale_y),
+            int(left + opaque_right * scale_x), int(top + opaque_bottom * scale_y))
 
 
 # ---------------------------------------------------------------- writing files
@@ -463,7 +539,8 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(out / sub, ignore_errors=True)
     gallery_count = write_gallery(out / "demo")
     query_count = write_queries(out / "queries")
-    print(f"wrote {gallery_count} gallery images to {out / 'demo'} and {query_count} queries to {out / 'queries'}")
+    print(f"wrote {gallery_count} gallery images to {out / 'demo'}")
+    print(f"wrote {query_count} queries to {out / 'queries'}")
 
 
 if __name__ == "__main__":

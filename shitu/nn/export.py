@@ -7,6 +7,7 @@ embedding size, input size, mean/std, model name and version.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -38,7 +39,8 @@ def load_checkpoint_model(checkpoint: Path, prefer_ema: bool = True) -> tuple[nn
         weights = state["ema"] if prefer_ema and state.get("ema") is not None else state["model"]
     except FileNotFoundError:
         raise ShituError(f"checkpoint not found: {checkpoint}") from None
-    except (KeyError, TypeError, RuntimeError, EOFError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, EOFError, OSError,
+            pickle.UnpicklingError) as exc:
         raise ShituError(f"{checkpoint} is not a shitu training checkpoint ({exc})") from None
     model = build_model(config)
     model.load_state_dict(weights)

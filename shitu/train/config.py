@@ -24,7 +24,7 @@ class TrainConfig:
     resolutions: list[list[int]] = field(default_factory=lambda: [[0, 128]])
     scale: float = 2.5
     embedding_size: int = 512
-    bn_neck: bool = False
+    bn_neck: bool = True
     dropout: float = 0.2
     arc_weight: float = 1.0
     arc_scale: float = 30.0

@@ -44,6 +44,25 @@ class ModelEMA:
                 self.state[key].copy_(value)
 
 
+CALIBRATION_IMAGES = 512
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]):
+    """Replace every batch norm's running statistics by their exact average over ``batches``."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+        norm.train()
+    for batch in batches:
+        model(batch)
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
+
+
 def build_model(config: TrainConfig) -> EmbeddingNet:
     """The embedding network a config describes."""
     return EmbeddingNet(config.scale, config.embedding_size, config.bn_neck, config.dropout)
@@ -120,6 +139,7 @@ class Trainer:
 
     def save(self, state: dict, name: str):
         """Write atomically so an interrupted save never leaves a half checkpoint."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.run_dir / f".{name}.tmp"
         torch.save(state, tmp)
         tmp.replace(self.run_dir / name)
@@ -163,7 +183,9 @@ class Trainer:
         if self.teacher is not None:
             target = self.teacher(images)
             if c.distill_kind == "cosine":
-                parts["distill"] = cosine_distillation(self.projection(embeddings), target) * c.distill_weight
+                projected = self.projection(embeddings)
+                parts["distill"] = cosine_distillation(projected - projected.mean(0), target - target.mean(0)) \
+                    * c.distill_weight
             else:
                 parts["distill"] = relational_distillation(embeddings, target) * c.distill_weight
         return parts
@@ -192,20 +214,33 @@ class Trainer:
                 if self.ema:
                     self.ema.update(self.model)
                 for name, value in {"loss": loss, **parts}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value)
-                bar.advance(f"loss {float(loss):.3f}")
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                bar.advance(f"loss {float(loss.detach()):.3f}")
         metrics = {name: value / steps for name, value in sums.items()}
         metrics.update(epoch=epoch + 1, lr=lr, size=size, seconds=round(time.time() - started, 1),
                        images_per_second=round(steps * len(batch) / (time.time() - started), 2))
         return metrics
 
     # -- validation ------------------------------------------------------------------------------
-    def eval_model(self) -> EmbeddingNet:
-        """The weights to evaluate and export: the EMA when there is one."""
-        if self.ema is None:
-            return self.model
+    def eval_model(self, size: int) -> EmbeddingNet:
+        """The weights to evaluate and export (the EMA when there is one), batch norm recalibrated.
+
+        Running statistics lag behind the weights early on, and EMA-averaged statistics never match the
+        averaged weights; a deep network without residuals then maps every image to the same point.
+        Recomputing them on un-augmented training images at ``size`` ("precise BN") fixes both, and
+        the recalibrated statistics are kept for the checkpoint.
+        """
         model = build_model(self.config).to(self.device)
-        model.load_state_dict(self.ema.state)
+        model.load_state_dict(self.ema.state if self.ema else self.model.state_dict())
+        images = self.cache(self.items, size, "calibration")
+        rng = np.random.default_rng(self.config.seed)
+        chosen = torch.from_numpy(rng.permutation(len(images))[:CALIBRATION_IMAGES])
+        recalibrate_batch_norm(model, [normalize(images[chosen[i:i + 64]].to(self.device))
+                                       for i in range(0, len(chosen), 64)])
+        target = self.ema.state if self.ema else None
+        for key, value in model.state_dict().items():
+            if "running_" in key or "num_batches" in key:
+                (target[key] if target is not None else self.model.state_dict()[key]).copy_(value)
         return model
 
     @torch.no_grad()
@@ -218,11 +253,11 @@ class Trainer:
     def validate(self, size: int) -> float | None:
         """recall@1 of ``val`` queries against ``val_gallery`` (or leave-one-out within ``val``)."""
         c = self.config
+        model = self.eval_model(size)
         if not c.val_list:
             return None
         queries = read_records(c.data, [c.val_list])
         gallery = read_records(c.data, [c.val_gallery_list]) if c.val_gallery_list else queries
-        model = self.eval_model()
         q = self.embed(model, self.cache(queries, size, "val"))
         g = q if gallery is queries else self.embed(model, self.cache(gallery, size, "val-gallery"))
         similarity = q @ g.T

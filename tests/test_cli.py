@@ -1,0 +1,165 @@
+"""The CLI end to end with the mean-colour model: answers checked against plain numpy arithmetic."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from shitu import build as build_module
+from cli import app
+from shitu.store import IndexStore
+from tests.conftest import PALETTE, colour_embedding, solid
+
+runner = CliRunner()
+
+
+def shitu(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def built(colour_gallery, tiny_model, tmp_path):
+    index = tmp_path / "index"
+    result = shitu("build-index", colour_gallery, "--index", index, "--model", tiny_model, "--quiet")
+    assert result.exit_code == 0, result.output
+    return index
+
+
+def test_query_json_schema_and_scores(built, tiny_model, tmp_path):
+    photo = solid(tmp_path / "q.png", (210, 35, 25))
+    result = shitu("query", photo, "--index", built, "--model", tiny_model, "--topk", 3, "--json")
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.stdout)
+    assert [set(a) for a in answers] == [{"image", "label", "results"}]
+    assert answers[0]["label"] == "red apple"
+    first = answers[0]["results"][0]
+    assert set(first) == {"rank", "label", "score", "path"} and first["rank"] == 1
+    expected = max(colour_embedding((210, 35, 25)) @ colour_embedding(rgb) for rgb in PALETTE["red apple"])
+    assert first["score"] == pytest.approx(expected, abs=2e-3)
+    assert [r["rank"] for r in answers[0]["results"]] == [1, 2, 3]
+
+
+def test_threshold_rejects_unknown_products(built, tiny_model, tmp_path):
+    photo = solid(tmp_path / "green.png", (20, 200, 30))  # no green product in the gallery
+    result = shitu("query", photo, "--index", built, "--model", tiny_model, "--threshold", 0.95, "--json")
+    answer = json.loads(result.stdout)[0]
+    assert answer["label"] is None and answer["results"][0]["score"] < 0.95
+
+
+def test_leave_one_out_eval_matches_brute_force(colour_gallery, tiny_model, tmp_path):
+    # A label whose two shades sit near other labels: leave-one-out must miss it.
+    solid(colour_gallery / "pinkish" / "a.png", (215, 35, 28))
+    solid(colour_gallery / "pinkish" / "b.png", (35, 55, 210))
+    index = tmp_path / "idx"
+    assert shitu("build-index", colour_gallery, "--index", index, "--model", tiny_model, "-q").exit_code == 0
+    result = shitu("eval", "--index", index, "--model", tiny_model, "--metric", "recall@1", "--metric",
+                   "recall@3", "--json")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert set(got) == {"recall@1", "recall@3", "queries", "gallery"}
+    # Reference: plain numpy over the same colours, own image excluded.
+    labelled = [(label, rgb) for label, shades in PALETTE.items() for rgb in shades]
+    labelled += [("pinkish", (215, 35, 28)), ("pinkish", (35, 55, 210))]
+    vectors = np.stack([colour_embedding(rgb) for _, rgb in labelled])
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    order = np.argsort(-similarity, axis=1)
+    hits1 = [labelled[order[i, 0]][0] == labelled[i][0] for i in range(len(labelled))]
+    hits3 = [labelled[i][0] in {labelled[j][0] for j in order[i, :3]} for i in range(len(labelled))]
+    assert got["recall@1"] == pytest.approx(np.mean(hits1), abs=1e-4)
+    assert got["recall@3"] == pytest.approx(np.mean(hits3), abs=1e-4)
+    assert got["recall@1"] < 1.0 and got["queries"] == 8 and got["gallery"] == 8
+
+
+def test_eval_with_query_folder(built, tiny_model, tmp_path):
+    queries = tmp_path / "queries"
+    solid(queries / "blue can" / "q.png", (25, 50, 215))
+    solid(queries / "red apple" / "q.png", (10, 60, 200))  # blue-ish photo labelled red: a miss
+    result = shitu("eval", "--index", built, "--model", tiny_model, "--queries", queries, "--json")
+    assert json.loads(result.stdout) == {"recall@1": 0.5, "queries": 2, "gallery": 6}
+
+
+def test_corrupt_files_are_skipped_and_counted(colour_gallery, tiny_model, tmp_path):
+    (colour_gallery / "blue can" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (colour_gallery / "blue can" / "empty.png").write_bytes(b"")
+    index = tmp_path / "idx"
+    result = shitu("build-index", colour_gallery, "--index", index, "--model", tiny_model, "-q")
+    assert result.exit_code == 0
+    assert "broken.jpg" in result.stderr and "empty.png" in result.stderr
+    assert "indexed 6 images" in result.stderr and "2 unreadable skipped" in result.stderr
+    assert IndexStore.open(index).count() == 6
+
+
+def test_rebuild_reembeds_only_changes_and_keeps_ids(built, colour_gallery, tiny_model):
+    before = {r.path: r.id for r in IndexStore.open(built).all_rows()}
+    solid(colour_gallery / "blue can" / "shot 0.jpg", (0, 0, 250), fmt="PNG")  # changed content
+    (colour_gallery / "red apple" / "deeper" / "shot 1.jpg").unlink()
+    solid(colour_gallery / "new label" / "n.png", (120, 120, 0))
+    result = shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q")
+    assert "2 embedded, 4 reused, 2 removed" in result.stderr
+    after = {r.path: r.id for r in IndexStore.open(built).all_rows()}
+    unchanged = set(before) & set(after) - {"blue can/shot 0.jpg"}
+    assert all(before[p] == after[p] for p in unchanged) and len(unchanged) == 4
+
+
+def test_interrupted_rebuild_leaves_the_old_index(built, colour_gallery, tiny_model, monkeypatch):
+    old_rows = [(r.path, r.label) for r in IndexStore.open(built).all_rows()]
+    solid(colour_gallery / "new label" / "n.png", (120, 120, 0))
+
+    def crash(*_):
+        raise KeyboardInterrupt  # the user hits Ctrl-C just before the swap
+
+    monkeypatch.setattr(build_module, "fsync_path", crash)
+    result = shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    monkeypatch.undo()
+    store = IndexStore.open(built, None)
+    assert [(r.path, r.label) for r in store.all_rows()] == old_rows
+    assert store.faiss_index.ntotal == len(old_rows)
+
+
+def test_index_of_another_model_is_refused(built, other_tiny_model, tmp_path):
+    photo = solid(tmp_path / "q.png", (1, 2, 3))
+    result = shitu("query", photo, "--index", built, "--model", other_tiny_model)
+    assert result.exit_code == 1 and "was built with model" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["query", "x.jpg", "--index", "{tmp}/none"], 1, "no index at"),
+    (["build-index", "{tmp}/missing"], 1, "gallery folder not found"),
+    (["eval", "--metric", "precision@1"], 1, "unknown metric"),
+    (["query", "x.jpg", "--topk", "0"], 2, ""),
+    (["build-index", "{gallery}", "--index-type", "Bogus", "--index", "{tmp}/i"], 1, "bad --index-type"),
+    (["build-index", "{gallery}", "--model", "{tmp}/nope.onnx"], 1, "model not found"),
+])
+def test_mistakes_get_one_line_and_nonzero_exit(colour_gallery, tiny_model, tmp_path, args, code, message):
+    args = [a.format(tmp=tmp_path, gallery=colour_gallery) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(tiny_model)]
+    result = shitu(*args)
+    assert result.exit_code == code, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_unreadable_query_image(built, tiny_model, tmp_path):
+    good = solid(tmp_path / "good.png", (220, 30, 30))
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("text")
+    result = shitu("query", good, bad, "--index", built, "--model", tiny_model, "--json")
+    assert result.exit_code == 1
+    answers = json.loads(result.stdout)
+    assert answers[0]["label"] == "red apple" and "not an image" in answers[1]["error"]
+    assert "bad.jpg" in result.stderr
+
+
+@pytest.mark.parametrize("index_type", ["Flat", "HNSW16", "IVF2,Flat"])
+def test_index_types_agree_with_exact_search(colour_gallery, tiny_model, tmp_path, index_type):
+    index = tmp_path / "idx"
+    result = shitu("build-index", colour_gallery, "--index", index, "--model", tiny_model,
+                   "--index-type", index_type, "-q")
+    assert result.exit_code == 0, result.output
+    got = json.loads(shitu("eval", "--index", index, "--model", tiny_model, "--json").stdout)
+    assert got["recall@1"] == 1.0
+    assert IndexStore.open(index).manifest["index_type"] == index_type

@@ -1,0 +1,85 @@
+"""The exported ONNX model computes what PyTorch computes, with the preprocessing of training."""
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from shitu.embed import Embedder  # noqa: E402
+from shitu.gallery import read_gallery  # noqa: E402
+from shitu.imageio import load_rgb, resize_square  # noqa: E402
+from shitu.nn.export import export_onnx  # noqa: E402
+from shitu.train.augment import normalize  # noqa: E402
+from shitu.train.config import TrainConfig  # noqa: E402
+from shitu.train.loop import build_model  # noqa: E402
+from tests.conftest import GROCERY, REPO  # noqa: E402
+
+
+def real_photos(count: int = 6):
+    """Demo gallery photos, plus shared grocery photos when they are present."""
+    photos = [item.path for item in read_gallery(REPO / "gallery" / "demo")][:count]
+    if (GROCERY / "train").is_dir():
+        photos += sorted((GROCERY / "train").rglob("*.jpg"))[:count]
+    return photos
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A randomly initialised network with realistic batch-norm statistics, exported to ONNX."""
+    torch.manual_seed(0)
+    config = TrainConfig(data="unused", export_size=224)
+    model = build_model(config)
+    model.train()
+    with torch.no_grad():  # give batch norm non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(8, 3, 96, 96) * 1.5 + 0.3)
+    model.eval()
+    folder = tmp_path_factory.mktemp("export")
+    checkpoint = folder / "last.pt"
+    torch.save({"config": asdict(config), "model": model.state_dict(), "ema": None, "epoch": 4}, checkpoint)
+    return model, export_onnx(checkpoint, folder / "model.onnx")
+
+
+@pytest.mark.slow
+def test_onnxruntime_agrees_with_pytorch_on_real_photos(exported):
+    model, path = exported
+    embedder = Embedder(path)
+    inputs = np.stack([embedder.preprocess(p) for p in real_photos()])
+    onnx_vectors = embedder.embed_arrays(inputs)
+    with torch.no_grad():
+        torch_vectors = torch.nn.functional.normalize(model(torch.from_numpy(inputs))).numpy()
+    cosine = (onnx_vectors * torch_vectors).sum(axis=1)
+    assert cosine.min() >= 0.9999
+
+
+@pytest.mark.slow
+def test_metadata_and_dynamic_batch(exported):
+    _, path = exported
+    embedder = Embedder(path)
+    assert (embedder.info.embedding_size, embedder.info.input_size) == (512, 224)
+    assert embedder.info.version == "epoch5"
+    for batch in (1, 3):
+        vectors = embedder.embed_arrays(np.zeros((batch, 3, 224, 224), np.float32))
+        assert vectors.shape == (batch, 512)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_training_and_inference_preprocess_identically(exported):
+    _, path = exported
+    embedder = Embedder(path)
+    photo = real_photos(1)[0]
+    inference = embedder.preprocess(photo)
+    training = normalize(torch.from_numpy(resize_square(load_rgb(photo, 224), 224)[None]))[0].numpy()
+    assert np.abs(inference - training).max() < 1e-4
+
+
+def test_export_refuses_a_non_checkpoint(tmp_path):
+    from shitu.errors import ShituError
+
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    with pytest.raises(ShituError, match="not a shitu training checkpoint"):
+        export_onnx(bogus, tmp_path / "m.onnx")

@@ -1,0 +1,71 @@
+"""Inference (build, query, eval) runs without PyTorch, and the inference modules never import it."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, solid
+
+INFERENCE_MODULES = ["cli.py", "shitu/__init__.py", "shitu/build.py", "shitu/embed.py", "shitu/errors.py",
+                     "shitu/gallery.py", "shitu/imageio.py", "shitu/metrics.py", "shitu/progress.py",
+                     "shitu/recognizer.py", "shitu/store.py"]
+
+BLOCKER = """
+import sys
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, BlockTorch())
+from cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as exit:
+    assert "torch" not in sys.modules
+    raise
+"""
+
+
+def run_blocked(*args):
+    return subprocess.run([sys.executable, "-c", BLOCKER, *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_build_query_eval_without_torch(colour_gallery, tiny_model, tmp_path):
+    index = tmp_path / "idx"
+    build = run_blocked("build-index", colour_gallery, "--index", index, "--model", tiny_model, "-q")
+    assert build.returncode == 0, build.stderr
+    photo = solid(tmp_path / "q.png", (220, 30, 30))
+    answer = run_blocked("query", photo, "--index", index, "--model", tiny_model, "--json")
+    assert answer.returncode == 0, answer.stderr and '"red apple"' in answer.stdout
+    metrics = run_blocked("eval", "--index", index, "--model", tiny_model, "--json")
+    assert metrics.returncode == 0, metrics.stderr
+
+
+def test_training_commands_say_torch_is_needed(tmp_path):
+    result = run_blocked("export", tmp_path / "x.pt", "--out", tmp_path / "m.onnx")
+    assert result.returncode == 1 and "needs PyTorch" in result.stderr
+
+
+TRAINING_COMMANDS = {"train", "export", "require_torch"}  # cli.py imports these lazily, on purpose
+
+
+def imported_names(tree):
+    """Module names imported anywhere in ``tree`` except inside the CLI's training commands."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.FunctionDef) and node.name in TRAINING_COMMANDS:
+            continue
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def test_inference_modules_import_nothing_from_training():
+    for module in INFERENCE_MODULES:
+        for name in imported_names(ast.parse((REPO / module).read_text(encoding="utf-8"))):
+            assert not name.startswith(("torch", "shitu.nn", "shitu.train")), f"{module} imports {name}"

@@ -1,0 +1,94 @@
+"""Training end to end on a tiny set: train, resume, export, and the embeddings got better."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from cli import app  # noqa: E402
+from shitu.embed import Embedder  # noqa: E402
+from shitu.gallery import read_gallery  # noqa: E402
+from shitu.train.config import load_config  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+
+DEMO = REPO / "gallery" / "demo"
+TINY = """
+batch_classes = 4
+batch_per_class = 3
+resolutions = [[0, 64]]
+teacher = ""
+lr = 0.003
+warmup_epochs = 0
+ema_decay = 0.0
+crop_scale_min = 0.6
+bn_neck = true
+"""
+
+
+def separation(model_path) -> float:
+    """Mean cosine to same-label images minus mean cosine to other labels, over the demo gallery."""
+    embedder = Embedder(model_path)
+    items = read_gallery(DEMO)
+    vectors = np.concatenate([v for _, v in embedder.embed_files([i.path for i in items])])
+    labels = np.array([i.label for i in items])
+    similarity = vectors @ vectors.T
+    same = labels[:, None] == labels[None, :]
+    np.fill_diagonal(same, False)
+    other = labels[:, None] != labels[None, :]
+    return float(similarity[same].mean() - similarity[other].mean())
+
+
+@pytest.mark.slow
+def test_train_resume_export_and_improve(tmp_path):
+    runner = CliRunner()
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    run = tmp_path / "run"
+    first = runner.invoke(app, ["train", str(DEMO), "--out", str(run), "--config", str(config),
+                                "--epochs", "0", "-q"])
+    assert first.exit_code == 1 and "epochs must be >= 1" in first.stderr
+    runner.invoke(app, ["train", str(DEMO), "--out", str(run), "--config", str(config), "--epochs", "1", "-q"])
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["epoch"] == 0 and (run / "config.toml").is_file()
+    first_loss = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    resumed = runner.invoke(app, ["train", str(DEMO), "--out", str(run), "--config", str(config),
+                                  "--epochs", "4", "--resume", "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [1, 2, 3, 4]
+    assert log[-1]["loss"] < first_loss
+    assert (run / "curves.png").stat().st_size > 0
+
+    trained = tmp_path / "trained.onnx"
+    exported = runner.invoke(app, ["export", str(run / "last.pt"), "--out", str(trained), "--input-size", "64"])
+    assert exported.exit_code == 0, exported.output
+    from shitu.nn.export import export_onnx
+    from shitu.train.loop import Trainer
+
+    untrained = tmp_path / "untrained.onnx"  # the same seed's initialisation, before any step
+    fresh = Trainer(load_config(config, {"data": str(DEMO), "epochs": 1}), tmp_path / "fresh", quiet=True)
+    fresh.eval_model(64)  # the untrained network at its best: batch norm calibrated like the trained one
+    fresh.save(fresh.checkpoint(-1, {}), "init.pt")
+    export_onnx(tmp_path / "fresh" / "init.pt", untrained, input_size=64)
+    assert separation(trained) > separation(untrained) + 0.05
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["train", str(DEMO), "--out", str(tmp_path / "r"), "--teacher", "",
+                                      "--resume"])
+    assert result.exit_code == 1 and "nothing to resume" in result.stderr
+
+
+def test_config_rejects_unknown_settings(tmp_path):
+    from shitu.errors import ShituError
+
+    config = tmp_path / "c.toml"
+    config.write_text("epochz = 3\n")
+    with pytest.raises(ShituError, match="unknown training setting"):
+        load_config(config, {"data": "x"})
