@@ -26,6 +26,7 @@ class TrainConfig:
     embedding_size: int = 512
     bn_neck: bool = True
     dropout: float = 0.2
+    metric_start_epoch: int = 0
     arc_weight: float = 1.0
     arc_scale: float = 30.0
     arc_margin: float = 0.2
@@ -68,6 +69,9 @@ class TrainConfig:
             (self.distill_kind in ("cosine", "relational"), "distill_kind must be cosine or relational"),
             (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
             (0.05 <= self.crop_scale_min <= 1.0, "crop_scale_min must be in [0.05, 1]"),
+            (self.metric_start_epoch >= 0, "metric_start_epoch must be >= 0"),
+            (self.metric_start_epoch == 0 or (self.teacher and self.distill_weight > 0),
+             "without a teacher the metric losses must start at epoch 0 (metric_start_epoch = 0)"),
         ]
         for ok, message in checks:
             if not ok:
