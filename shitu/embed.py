@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -105,6 +106,7 @@ class Embedder:
                     on_done: Callable[[int], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
         """Stream ``(positions, vectors)`` batches; decoding runs in threads ahead of inference.
 
+        At most two batches are decoded ahead, so memory stays flat however large the gallery.
         Unreadable files are reported through ``on_bad(position, reason)`` and skipped.
         """
         paths = list(paths)
@@ -116,18 +118,21 @@ class Embedder:
                 return position, None, str(exc)
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
+            pending = deque(pool.submit(decode, p) for p in range(min(len(paths), 2 * batch_size)))
+            submitted = len(pending)
             positions, inputs = [], []
-            for position, array, error in pool.map(decode, range(len(paths))):
-                if error is not None:
-                    if on_bad:
-                        on_bad(position, error)
-                else:
+            while pending:
+                position, array, error = pending.popleft().result()
+                if submitted < len(paths):
+                    pending.append(pool.submit(decode, submitted))
+                    submitted += 1
+                if error is not None and on_bad:
+                    on_bad(position, error)
+                elif error is None:
                     positions.append(position)
                     inputs.append(array)
                 if on_done:
                     on_done(1)
-                if len(inputs) == batch_size:
+                if len(inputs) == batch_size or (not pending and inputs):
                     yield positions, self.embed_arrays(np.stack(inputs))
                     positions, inputs = [], []
-            if inputs:
-                yield positions, self.embed_arrays(np.stack(inputs))

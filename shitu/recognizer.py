@@ -80,28 +80,30 @@ class Recognizer:
         """Metrics for query images, or leave-one-out over the gallery when ``queries`` is None."""
         metrics = [parse_metric(m) for m in metrics] or ["recall@1"]
         rows = self.store.all_rows()
+        labels = {r.id: r.label for r in rows}
         gallery_labels = [r.label for r in rows]
         depth = needed_depth(metrics, gallery_labels, leave_one_out=queries is None)
         if queries is None:
             ids, vectors = self.store.all_vectors()
-            ranked = self.ranked_labels(vectors, depth + 1, exclude=ids)
-            truth = [r.label for r in rows]
+            ranked = self.ranked_labels(vectors, depth, labels, exclude=ids)
+            truth = [labels[i] for i in ids.tolist()]
         else:
             vectors, truth = self.embed_queries(queries, quiet, warn)
-            ranked = self.ranked_labels(vectors, depth)
+            ranked = self.ranked_labels(vectors, depth, labels)
         result = evaluate(ranked, truth, gallery_labels, metrics, leave_one_out=queries is None)
         result["gallery"] = len(rows)
         return result
 
-    def ranked_labels(self, vectors: np.ndarray, depth: int, exclude: np.ndarray | None = None):
-        """Neighbour labels per query, dropping each query's own id when ``exclude`` is given."""
-        labels = {r.id: r.label for r in self.store.all_rows()}
+    def ranked_labels(self, vectors: np.ndarray, depth: int, labels: dict[int, str],
+                      exclude: np.ndarray | None = None) -> list[list[str]]:
+        """The first ``depth`` neighbour labels per query, skipping each query's own id in ``exclude``."""
         ranked = []
+        extra = int(exclude is not None)
         for start in range(0, len(vectors), 1024):
-            _, ids = self.store.search(vectors[start:start + 1024], depth)
+            _, ids = self.store.search(vectors[start:start + 1024], depth + extra)
             for n, row in enumerate(ids):
-                own = exclude[start + n] if exclude is not None else None
-                ranked.append([labels[i] for i in row if i >= 0 and i != own][:depth - (own is not None)])
+                own = exclude[start + n] if extra else None
+                ranked.append([labels[i] for i in row if i >= 0 and i != own][:depth])
         return ranked
 
     def embed_queries(self, queries: list[GalleryItem], quiet: bool, warn) -> tuple[np.ndarray, list[str]]:
