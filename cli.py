@@ -144,8 +144,10 @@ def eval_command(
 def export(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint (last.pt or best.pt)."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side (default: the run's "
-                                             "export_size)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=32, help="Input side (default: the "
+                                             "run's last training resolution)."),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="Re-measure batch-norm statistics at "
+                                     "the input side on the run's training images."),
     name: str = typer.Option("PPLCNet_x2_5_shitu", "--name", help="Model name stored in the metadata."),
     version: Optional[str] = typer.Option(None, "--version", help="Model version (default: epochN)."),
 ):
@@ -153,7 +155,7 @@ def export(
     require_torch()
     from shitu.nn.export import export_onnx
 
-    path = export_onnx(checkpoint, out, name, version, input_size)
+    path = export_onnx(checkpoint, out, name, version, input_size, recalibrate)
     typer.echo(f"wrote {path}", err=True)
 
 
@@ -195,6 +197,141 @@ def require_torch():
         import torch  # noqa: F401
     except ImportError:
         raise ShituError("this command needs PyTorch: pip install 'shitu[train]'") from None
+
+
+# -- index maintenance: add, remove, info, check ----------------------------------------------------
+def note(message: str):
+    typer.echo(f"note: {message}", err=True)
+
+
+def rebuilt_note(report):
+    note(f"rebuilt the {report.index_type} FAISS index from {report.count} stored vectors "
+         f"(this index type cannot delete in place)")
+
+
+@app.command()
+@guarded
+def add(
+    ctx: typer.Context,
+    paths: List[Path] = typer.Argument(..., help="Image files (need --label) or folders inside the index's "
+                                       "gallery; a folder's images are labelled by their label folder."),
+    label: Optional[str] = typer.Option(None, "--label", help="Label of the given files; for folders, "
+                                        "overrides their label folders."),
+    index: Path = INDEX,
+    model: Optional[Path] = MODEL,
+    quiet: bool = QUIET,
+):
+    """Add new images and replace changed ones, without rebuilding the index."""
+    from shitu.embed import Embedder
+    from shitu.maintain import add_images
+
+    if label is None and any(path.is_file() for path in paths):
+        ctx.fail("image files need --label (folders take labels from their label folders)")
+    report = add_images(paths, index, Embedder(model), label, quiet, warn)
+    if report.rebuilt:
+        rebuilt_note(report)
+    typer.echo(f"{index}: {report.added} new images added, {report.replaced} changed ones replaced, "
+               f"{report.relabelled} relabelled, {report.unchanged} unchanged, {len(report.bad)} unreadable "
+               f"skipped; it now holds {report.count} images of {report.labels} labels", err=True)
+
+
+@app.command()
+@guarded
+def remove(
+    ctx: typer.Context,
+    label: Optional[List[str]] = typer.Option(None, "--label", help="Remove every image of this label; "
+                                              "repeatable."),
+    path: Optional[List[str]] = typer.Option(None, "--path", help="Remove this image, or all below this "
+                                             "folder (as stored, or a path inside the gallery); repeatable."),
+    index: Path = INDEX,
+):
+    """Remove images from an index, without rebuilding it."""
+    from shitu.maintain import remove_images
+
+    if not label and not path:
+        ctx.fail("say what to remove with --label or --path")
+    report = remove_images(index, label or [], path or [])
+    if report.rebuilt:
+        rebuilt_note(report)
+    typer.echo(f"removed {report.removed} images from {index}; it now holds {report.count} images of "
+               f"{report.labels} labels", err=True)
+
+
+@app.command()
+@guarded
+def info(
+    index: Path = INDEX,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+):
+    """Show what an index holds and which model built it."""
+    from shitu.maintain import index_info
+
+    data = index_info(index)
+    if as_json:
+        print_json(data)
+        return
+    fields = [[key, value] for key, value in data.items() if key not in ("model", "label_counts", "bytes")]
+    fields += [["model", f"{data['model']['name']} {data['model']['version']} "
+                         f"(sha256 {data['model']['sha256'][:12]})"]]
+    fields += [[f"{what} bytes", size] for what, size in data["bytes"].items()]
+    print_table(f"index {index}", ["field", "value"], fields)
+    print_table("images per label", ["label", "images"], [[k, v] for k, v in data["label_counts"].items()])
+
+
+@app.command()
+@guarded
+def check(
+    index: Path = INDEX,
+    model: Optional[Path] = MODEL,
+    repair: bool = typer.Option(False, "--repair", help="Rebuild the FAISS file from the stored vectors "
+                                "and delete leftover files, then check again."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+):
+    """Verify an index: FAISS ids against database rows, stored vectors, model, leftover files."""
+    from shitu.maintain import check_index
+
+    report = check_index(index, model, repair)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        for line in report.repaired:
+            typer.echo(f"repaired: {line}")
+        for line in report.problems:
+            typer.echo(f"problem: {line}")
+        for line in report.notes:
+            typer.echo(f"note: {line}")
+        typer.echo(f"{index}: " + ("ok" if report.ok else f"{len(report.problems)} problems"))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# -- speed: int8 quantization (issue #4) -------------------------------------------------------------
+@app.command()
+@guarded
+def quantize(
+    model: Path = typer.Argument(..., help="fp32 shitu ONNX model to quantize."),
+    out: Path = typer.Option(..., "--out", help="int8 ONNX file to write."),
+    calibration: Path = typer.Option(..., "--calibration", help="Gallery-like photos to calibrate on: "
+                                     "one sub-folder per label."),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path<TAB>label' lines, "
+                                             "paths relative to --calibration."),
+    images: int = typer.Option(200, "--images", min=1, help="Calibration photos to use, taken label by "
+                               "label in turn."),
+    quiet: bool = QUIET,
+):
+    """Write a static int8 copy of a model for faster CPU inference (needs onnx); indexes must be rebuilt."""
+    from shitu.gallery import read_gallery
+
+    try:
+        from shitu.quantize import pick_calibration, quantize_model
+    except ImportError as exc:
+        raise ShituError(f"this command needs onnx: pip install onnx ({exc})") from None
+    items = pick_calibration(read_gallery(calibration, list_file), images)
+    report = quantize_model(model, out, items, quiet=quiet, warn=warn)
+    typer.echo(f"wrote {report.path} (version {report.version}): calibrated on {report.images} images, "
+               f"{len(report.bad)} unreadable skipped; {report.int8_bytes / 1e6:.1f} MB, "
+               f"{report.int8_bytes / report.fp32_bytes:.0%} of the fp32 file. Indexes built with the fp32 "
+               f"model must be rebuilt with this one.", err=True)
 
 
 if __name__ == "__main__":

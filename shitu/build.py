@@ -48,20 +48,34 @@ def content_hash(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def previous_vectors(directory: Path, embedder: Embedder) -> tuple[dict, int]:
-    """Reusable ``{path: (sha256, id, vector)}`` of an earlier index by the same model, and its generation.
+@dataclass
+class Previous:
+    """What a rebuild takes over from the index it replaces."""
 
-    An index that is missing, damaged, of another format or another model gives nothing to reuse.
-    """
+    reusable: dict = field(default_factory=dict)  # path -> (sha256, id, vector), same model only
+    next_id: int = 1  # ids are never reused, even across rebuilds
+    faiss_file: str | None = None  # kept for readers that opened the old database
+
+
+def previous_index(directory: Path, embedder: Embedder) -> Previous:
+    """Read the index being replaced; a missing or unreadable one gives nothing to take over."""
     try:
-        store = IndexStore.open(directory, embedder.info)
+        store = IndexStore.open(directory)
     except ShituError:
-        return {}, highest_generation(directory)
-    ids, vectors = store.all_vectors()
-    by_id = dict(zip(ids.tolist(), vectors))
-    reusable = {row.path: (row.sha256, row.id, by_id[row.id]) for row in store.all_rows()}
-    store.db.close()
-    return reusable, highest_generation(directory)
+        return Previous()
+    try:
+        previous = Previous(next_id=int(store.manifest.get("next_id", 1)),
+                            faiss_file=store.manifest.get("faiss_file"))
+        store.require_model(embedder.info)
+        ids, vectors = store.all_vectors()
+        by_id = dict(zip(ids.tolist(), vectors))
+        previous.reusable = {row.path: (row.sha256, row.id, by_id[row.id]) for row in store.all_rows()}
+        previous.next_id = max([previous.next_id] + [i + 1 for i in by_id])
+    except (ShituError, KeyError, ValueError):
+        pass  # another model, or a damaged index: re-embed everything
+    finally:
+        store.db.close()
+    return previous
 
 
 def highest_generation(directory: Path) -> int:
@@ -77,7 +91,8 @@ def build_index(items: list[GalleryItem], directory: str | Path, embedder: Embed
     directory = Path(directory)
     report = BuildReport()
     with write_lock(directory):
-        reusable, generation = previous_vectors(directory, embedder)
+        previous = previous_index(directory, embedder)
+        reusable = previous.reusable
         hashes = hash_items(items, quiet)
         keep, todo = [], []
         for position, item in enumerate(items):
@@ -89,13 +104,13 @@ def build_index(items: list[GalleryItem], directory: str | Path, embedder: Embed
         fresh = embed_items(items, todo, embedder, quiet, report, warn)
         report.reused, report.embedded = len(keep), len(fresh)
         report.removed = len(set(reusable) - {items[p].relpath for p, _, _ in keep})
-        rows = assign_ids(items, hashes, keep, fresh)
+        rows = assign_ids(items, hashes, keep, fresh, previous.next_id)
         if not rows:
             raise ShituError(f"no readable images in the gallery ({len(report.bad)} unreadable); "
                              f"the index was not changed")
         report.images, report.labels = len(rows), len({r["label"] for r in rows})
         report.index_type = resolve_index_type(index_type, len(rows))
-        write_snapshot(directory, rows, embedder, report.index_type, gallery_root, generation + 1)
+        write_snapshot(directory, rows, embedder, report.index_type, gallery_root, previous)
     return report
 
 
@@ -125,10 +140,10 @@ def embed_items(items, positions, embedder, quiet, report, warn) -> dict[int, np
     return vectors
 
 
-def assign_ids(items, hashes, keep, fresh) -> list[dict]:
-    """Rows for the new index: unchanged files keep their id, new ones get ids above all old ones."""
+def assign_ids(items, hashes, keep, fresh, next_id: int) -> list[dict]:
+    """Rows for the new index: unchanged files keep their id, new ones get ids never used before."""
     placed = [(old_id, p, vector) for p, old_id, vector in keep]
-    next_id = max((old_id for old_id, _, _ in placed), default=0) + 1
+    next_id = max([next_id] + [old_id + 1 for old_id, _, _ in placed])
     placed += [(next_id + n, p, fresh[p]) for n, p in enumerate(sorted(fresh))]
     return sorted(({"id": row_id, "path": items[p].relpath, "label": items[p].label,
                     "sha256": hashes[p] or "", "vector": vector} for row_id, p, vector in placed),
@@ -136,8 +151,9 @@ def assign_ids(items, hashes, keep, fresh) -> list[dict]:
 
 
 def write_snapshot(directory: Path, rows: list[dict], embedder: Embedder, factory: str,
-                   gallery_root: str, generation: int):
+                   gallery_root: str, previous: Previous):
     """Write FAISS file, then a complete new database, then swap the database in (the commit)."""
+    generation = highest_generation(directory) + 1
     ids = np.array([r["id"] for r in rows], dtype=np.int64)
     vectors = np.stack([r["vector"] for r in rows]).astype(np.float32)
     index = make_faiss_index(factory, embedder.info.embedding_size, vectors, ids)
@@ -153,17 +169,17 @@ def write_snapshot(directory: Path, rows: list[dict], embedder: Embedder, factor
                                 batch_size=500)
         db["manifest"].insert_all(({"key": k, "value": json.dumps(v)} for k, v in
                                    manifest(embedder, factory, gallery_root, faiss_name, generation,
-                                            rows).items()), pk="key", replace=True)
+                                            rows, previous.next_id).items()), pk="key", replace=True)
     db.conn.close()
     fsync_path(tmp_db)
     (directory / f"{DB_NAME}-journal").unlink(missing_ok=True)
     os.replace(tmp_db, directory / DB_NAME)
     fsync_path(directory)
-    remove_stale_faiss(directory, keep={faiss_name, f"vectors.{generation - 1}.faiss"})
+    remove_stale_faiss(directory, keep={faiss_name, previous.faiss_file})
 
 
 def manifest(embedder: Embedder, factory: str, gallery_root: str, faiss_name: str, generation: int,
-             rows: list[dict]) -> dict:
+             rows: list[dict], next_id: int) -> dict:
     """Everything a reader must check before trusting this index."""
     info = embedder.info
     return {
@@ -172,5 +188,5 @@ def manifest(embedder: Embedder, factory: str, gallery_root: str, faiss_name: st
         "mean": list(info.mean), "std": list(info.std), "index_type": factory, "metric": "inner_product",
         "faiss_file": faiss_name, "generation": generation, "count": len(rows),
         "labels": len({r["label"] for r in rows}), "gallery_root": gallery_root, "updated_at": now(),
-        "ef_search": 64, "nprobe": 16,
+        "ef_search": 64, "nprobe": 16, "next_id": max([next_id] + [r["id"] + 1 for r in rows]),
     }

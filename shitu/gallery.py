@@ -62,16 +62,23 @@ def iter_images(folder: Path):
 
 
 def read_list_file(root: Path, list_file: Path) -> list[GalleryItem]:
-    """Parse ``path<TAB>label`` lines (or ``path label``, split at the last space)."""
+    """Parse ``path<TAB>label`` lines (or ``path label``, split at the last space); no path twice."""
     try:
         text = list_file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ShituError(f"list file not found: {list_file}") from None
     except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
         raise ShituError(f"cannot read list file {list_file}: {exc}") from None
-    return [parse_list_line(root, list_file, number, line)
-            for number, line in enumerate(text.splitlines(), 1)
-            if line.strip() and not line.lstrip().startswith("#")]
+    items, first_line = [], {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            item = parse_list_line(root, list_file, number, line)
+            if item.relpath in first_line:  # the index stores one row per path
+                raise ShituError(f"{list_file}, line {number}: {item.relpath!r} is already listed on "
+                                 f"line {first_line[item.relpath]}")
+            first_line[item.relpath] = number
+            items.append(item)
+    return items
 
 
 def parse_list_line(root: Path, list_file: Path, number: int, line: str) -> GalleryItem:

@@ -1,10 +1,16 @@
-"""The index on disk: one SQLite database (rows, vectors, manifest) and one FAISS file.
+"""The index on disk: one SQLite database (rows, vectors, manifest) and one live FAISS file.
 
-Crash safety comes from a single commit point. A writer first writes a new FAISS file under a new
-generation number (``vectors.<gen>.faiss``, fsynced), then commits the rows and a manifest naming that
-file in one SQLite transaction. A crash before the commit leaves the old manifest pointing at the old,
-untouched file; readers always open the file their manifest names. The previous generation is kept
-so a reader that has just read the manifest can still open its file.
+Crash safety comes from a single commit point per write. Every writer holds ``write_lock`` and first
+writes a new FAISS file under a new generation number (``vectors.<gen>.faiss``, fsynced). Then:
+
+* ``build-index`` writes a complete new database beside the old one and renames it over ``gallery.db``;
+* ``add``, ``remove`` and ``check --repair`` change ``gallery.db`` in place in one SQLite transaction
+  (rollback-journal mode, never WAL: a WAL file would outlive the rename and be replayed into the new file).
+
+A crash before the commit leaves the old manifest pointing at the old, untouched FAISS file; readers
+always open the file their manifest names. The previous generation is kept so a reader that has just
+read the manifest can still open its file. Because SQLite finds a rollback journal by path, a
+connection must never outlive a rename of ``gallery.db`` (see ``IndexStore.require_same_file``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -94,10 +99,12 @@ def vector_blob(vector: np.ndarray) -> bytes:
 
 
 class IndexStore:
-    """An index directory: open for reading with ``open``, change with ``writer``."""
+    """An index directory opened for reading; ``shitu.build`` and ``shitu.maintain`` change it."""
 
-    def __init__(self, directory: Path, db: sqlite_utils.Database, manifest: dict):
+    def __init__(self, directory: Path, db: sqlite_utils.Database, manifest: dict,
+                 identity: tuple[int, int] | None = None):
         self.directory, self.db, self.manifest = directory, db, manifest
+        self.identity = identity  # (device, inode) of the gallery.db this connection reads
         self._faiss = None
 
     # -- opening ---------------------------------------------------------------------------------
@@ -108,9 +115,10 @@ class IndexStore:
         db_path = directory / DB_NAME
         if not db_path.is_file():
             raise ShituError(f"no index at {directory}: run 'shitu build-index GALLERY --index {directory}'")
+        identity = file_identity(db_path)  # taken first: a rename in between then errs on the safe side
         db = connect(db_path)
         manifest = read_manifest(db, directory)
-        store = cls(directory, db, manifest)
+        store = cls(directory, db, manifest, identity)
         if model is not None:
             store.require_model(model)
         return store
@@ -124,6 +132,28 @@ class IndexStore:
                 f"rebuild it with 'shitu build-index' or pass the matching --model")
 
     # -- reading -----------------------------------------------------------------------------------
+    def require_same_file(self):
+        """Refuse to go on reading after ``build-index`` has renamed a new ``gallery.db`` over ours.
+
+        SQLite looks for a hot journal by path at the start of every read. A connection to the replaced
+        file would take the ``gallery.db-journal`` of a writer changing the new file for its own, roll
+        it back into the old file and delete it, breaking that writer's transaction. Checking just
+        before each read leaves only a window of microseconds, in which a whole rebuild would have to
+        finish and the next writer start its transaction.
+        """
+        if self.identity is not None and file_identity(self.directory / DB_NAME) != self.identity:
+            raise ShituError(f"index {self.directory} was rebuilt while this command was reading it; "
+                             f"run the command again")
+
+    def execute(self, sql: str, params=()) -> list[tuple]:
+        """All result rows of a read, after ``require_same_file``; a damaged database is a ShituError."""
+        self.require_same_file()
+        try:
+            return self.db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ShituError(f"index database {self.directory / DB_NAME} is damaged ({exc}); rebuild it "
+                             f"with 'shitu build-index'") from None
+
     @property
     def faiss_index(self):
         if self._faiss is None:
@@ -145,7 +175,7 @@ class IndexStore:
         return index
 
     def count(self) -> int:
-        return self.db["images"].count
+        return self.execute("select count(*) from images")[0][0]
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, ids) per query vector; missing neighbours have id -1."""
@@ -159,17 +189,17 @@ class IndexStore:
         for start in range(0, len(wanted), 900):
             chunk = wanted[start:start + 900]
             sql = f"select id, path, label, sha256 from images where id in ({','.join('?' * len(chunk))})"
-            for row in self.db.execute(sql, chunk).fetchall():
+            for row in self.execute(sql, chunk):
                 found[row[0]] = Row(*row)
         return found
 
     def all_rows(self) -> list[Row]:
-        return [Row(*r) for r in self.db.execute("select id, path, label, sha256 from images order by id")]
+        return [Row(*r) for r in self.execute("select id, path, label, sha256 from images order by id")]
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every stored image, in id order."""
         ids, blobs = [], []
-        for row_id, blob in self.db.execute("select id, vector from images order by id"):
+        for row_id, blob in self.execute("select id, vector from images order by id"):
             ids.append(row_id)
             blobs.append(blob)
         size = self.manifest["embedding_size"]
@@ -177,7 +207,16 @@ class IndexStore:
         return np.array(ids, dtype=np.int64), matrix
 
     def label_counts(self) -> dict[str, int]:
-        return dict(self.db.execute("select label, count(*) from images group by label order by label"))
+        return dict(self.execute("select label, count(*) from images group by label order by label"))
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None when it is gone: tells a renamed-over file from its successor."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def connect(db_path: Path) -> sqlite_utils.Database:
@@ -205,17 +244,26 @@ def read_manifest(db: sqlite_utils.Database, directory: Path) -> dict:
     return manifest
 
 
-@contextmanager
-def write_lock(directory: Path):
-    """Hold the index's writer lock; a second writer is refused at once with a clear message."""
+def try_lock(directory: Path):
+    """The writer lock's open file when we got the lock, None when another process holds it."""
     directory.mkdir(parents=True, exist_ok=True)
     handle = open(directory / LOCK_NAME, "a+")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ShituError(f"another shitu process is changing the index at {directory}; "
-                             f"try again when it has finished") from None
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+@contextmanager
+def write_lock(directory: Path):
+    """Hold the index's writer lock; a second writer is refused at once with a clear message."""
+    handle = try_lock(directory)
+    if handle is None:
+        raise ShituError(f"another shitu process is changing the index at {directory}; "
+                         f"try again when it has finished")
+    try:
         yield
     finally:
         handle.close()

@@ -163,3 +163,22 @@ def test_index_types_agree_with_exact_search(colour_gallery, tiny_model, tmp_pat
     got = json.loads(shitu("eval", "--index", index, "--model", tiny_model, "--json").stdout)
     assert got["recall@1"] == 1.0
     assert IndexStore.open(index).manifest["index_type"] == index_type
+
+
+def test_rebuild_never_reuses_removed_ids(built, colour_gallery, tiny_model):
+    first = {r.id for r in IndexStore.open(built).all_rows()}
+    assert shitu("remove", "--label", "blue can", "--index", built).exit_code == 0
+    solid(colour_gallery / "new label" / "n.png", (120, 120, 0))
+    result = shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q")
+    assert result.exit_code == 0, result.output
+    rows = IndexStore.open(built).all_rows()
+    fresh = {r.id for r in rows if r.label in ("new label", "blue can")}
+    assert len(fresh) == 3 and min(fresh) > max(first)
+
+
+def test_rebuild_keeps_the_file_old_readers_use(built, colour_gallery, tiny_model):
+    old = IndexStore.open(built).manifest["faiss_file"]
+    (built / "vectors.7.faiss").write_bytes(b"stray file of a killed writer")
+    assert shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q").exit_code == 0
+    new = IndexStore.open(built).manifest["faiss_file"]
+    assert new == "vectors.8.faiss" and sorted(p.name for p in built.glob("*.faiss")) == sorted({old, new})

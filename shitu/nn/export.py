@@ -17,7 +17,7 @@ from torch import nn
 from shitu.errors import ShituError
 from shitu.train.augment import MEAN, STD
 from shitu.train.config import TrainConfig
-from shitu.train.loop import build_model
+from shitu.train.loop import build_model, calibrate_on_training_data
 
 
 class Normalized(nn.Module):
@@ -48,12 +48,19 @@ def load_checkpoint_model(checkpoint: Path, prefer_ema: bool = True) -> tuple[nn
 
 
 def export_onnx(checkpoint: Path, out: Path, name: str = "PPLCNet_x2_5_shitu", version: str | None = None,
-                input_size: int | None = None) -> Path:
-    """Write ``out`` (atomically) from ``checkpoint``; returns the path."""
+                input_size: int | None = None, recalibrate: bool = False) -> Path:
+    """Write ``out`` (atomically) from ``checkpoint``; returns the path.
+
+    The input side defaults to the run's ``export_size``, else its last training resolution, where its
+    batch-norm statistics were measured. ``recalibrate`` re-measures them at the export side on the
+    run's training images (needed when exporting at another resolution than the one trained at).
+    """
     import onnx
 
     model, config, epochs = load_checkpoint_model(Path(checkpoint))
-    size = input_size or config.export_size
+    size = input_size or config.export_size or config.resolution_at(config.epochs - 1)
+    if recalibrate:
+        calibrate_on_training_data(model, config, size)
     wrapped = Normalized(model).eval()
     example = torch.zeros(2, 3, size, size)
     out = Path(out)

@@ -48,7 +48,7 @@ class TrainConfig:
     erase_prob: float = 0.25
     seed: int = 0
     threads: int = 0
-    export_size: int = 224
+    export_size: int = 0  # 0: the last training resolution
 
     def resolution_at(self, epoch: int) -> int:
         """Training image side for a 0-based ``epoch`` (progressive resizing)."""

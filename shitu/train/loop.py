@@ -63,6 +63,21 @@ def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]):
     model.eval()
 
 
+def calibration_batches(images: torch.Tensor, seed: int, device="cpu") -> list[torch.Tensor]:
+    """A fixed random subset of un-augmented uint8 images, normalised, in batches of 64."""
+    chosen = torch.from_numpy(np.random.default_rng(seed).permutation(len(images))[:CALIBRATION_IMAGES])
+    return [normalize(images[chosen[i:i + 64]].to(device)) for i in range(0, len(chosen), 64)]
+
+
+def calibrate_on_training_data(model: nn.Module, config: TrainConfig, size: int):
+    """Recompute batch-norm statistics for input side ``size`` from the run's own training images."""
+    items = read_records(config.data, config.lists)
+    rng = np.random.default_rng(config.seed)
+    subset = [items[i] for i in rng.permutation(len(items))[:CALIBRATION_IMAGES]]
+    images = torch.from_numpy(decode_all(subset, size, max(1, torch.get_num_threads())))
+    recalibrate_batch_norm(model, calibration_batches(images, config.seed))
+
+
 def build_model(config: TrainConfig) -> EmbeddingNet:
     """The embedding network a config describes."""
     return EmbeddingNet(config.scale, config.embedding_size, config.bn_neck, config.dropout)
@@ -241,10 +256,7 @@ class Trainer:
         model = build_model(self.config).to(self.device)
         model.load_state_dict(self.ema.state if self.ema else self.model.state_dict())
         images = self.cache(self.items, size, "calibration")
-        rng = np.random.default_rng(self.config.seed)
-        chosen = torch.from_numpy(rng.permutation(len(images))[:CALIBRATION_IMAGES])
-        recalibrate_batch_norm(model, [normalize(images[chosen[i:i + 64]].to(self.device))
-                                       for i in range(0, len(chosen), 64)])
+        recalibrate_batch_norm(model, calibration_batches(images, self.config.seed, self.device))
         target = self.ema.state if self.ema else None
         for key, value in model.state_dict().items():
             if "running_" in key or "num_batches" in key:

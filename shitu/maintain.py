@@ -1,0 +1,678 @@
+"""``add``, ``remove``, ``info`` and ``check``: change or inspect an index in place, without a rebuild.
+
+Every change (add, remove, check --repair) follows one protocol under the writer lock:
+
+1. write the next FAISS generation file durably (``store.write_faiss_file``);
+2. in ONE SQLite transaction, change the rows and point the manifest at that file: the commit;
+3. delete FAISS files older than the previous generation, which stays for readers still loading it.
+
+A crash before step 2 commits leaves the old manifest naming the old, untouched FAISS file; the new file
+is an unreferenced leftover that the next writer deletes. SQLite's rollback journal makes step 2
+all-or-nothing; why that journal is safe next to build-index's rename is explained in ``commit_rows``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shitu.build import embed_items, hash_items, highest_generation
+from shitu.embed import Embedder, ModelInfo, default_model_path, file_sha256
+from shitu.errors import ShituError
+from shitu.gallery import GalleryItem, iter_images
+from shitu.store import (DB_NAME, IndexStore, faiss_module, make_faiss_index, now, remove_stale_faiss,
+                         try_lock, vector_blob, write_faiss_file, write_lock)
+
+NORM_TOLERANCE = 1e-3  # float32 vectors normalised by the embedder are within 1e-6 of unit length
+SHOWN_IDS = 10  # ids listed per problem; the count says how many there are
+
+
+@dataclass
+class Change:
+    """Row changes that one commit applies: rows to delete, rows to insert, labels to rewrite."""
+
+    delete_ids: list[int] = field(default_factory=list)
+    new_rows: list[dict] = field(default_factory=list)  # id, path, label, sha256, vector
+    relabel: dict[int, str] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not (self.delete_ids or self.new_rows or self.relabel)
+
+
+@dataclass
+class AddReport:
+    """What ``add`` did, for the summary line and the tests."""
+
+    added: int = 0
+    replaced: int = 0
+    relabelled: int = 0
+    unchanged: int = 0
+    bad: list[str] = field(default_factory=list)
+    count: int = 0
+    labels: int = 0
+    rebuilt: bool = False  # refilled from stored vectors: its type cannot delete in place
+    index_type: str = ""
+
+
+@dataclass
+class RemoveReport:
+    removed: int
+    count: int
+    labels: int
+    rebuilt: bool
+    index_type: str
+
+
+@dataclass
+class CheckReport:
+    """Problems make ``check`` fail; notes (harmless leftovers, skipped steps) do not."""
+
+    index: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, **asdict(self)}
+
+
+@dataclass
+class Problem:
+    message: str
+    repairable: bool = False  # fixed by rebuilding the FAISS file from the vectors stored in SQLite
+
+
+@dataclass
+class Findings:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    leftovers: list[Path] = field(default_factory=list)
+
+    def problem(self, message: str, repairable: bool = False):
+        self.problems.append(Problem(message, repairable))
+
+
+# -- opening for a change ----------------------------------------------------------------------------
+@contextmanager
+def writing(directory: Path, model: ModelInfo | None = None):
+    """Hold the writer lock and yield the store, opened only now.
+
+    The database must be opened under the lock: build-index swaps ``gallery.db`` by rename, and a
+    connection opened before that would go on changing the replaced file.
+    """
+    if not (directory / DB_NAME).is_file():
+        IndexStore.open(directory)  # the usual "no index" error, before the lock creates a folder
+    with write_lock(directory), database_errors_explained(directory):
+        store = IndexStore.open(directory, model)
+        try:
+            yield store
+        finally:
+            store.db.close()
+
+
+@contextmanager
+def database_errors_explained(directory: Path):
+    """SQLite's own failures (a damaged page, a full disk) as one line instead of a traceback; a
+    transaction they interrupt is rolled back, so nothing was changed."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise ShituError(f"index database {directory / DB_NAME} failed: {exc}; nothing was changed "
+                         f"(see 'shitu check --index {directory}')") from None
+
+
+def gallery_root(store: IndexStore) -> Path:
+    root = store.manifest.get("gallery_root")
+    if not root:
+        raise ShituError(f"index {store.directory} records no gallery folder; rebuild it with "
+                         f"'shitu build-index GALLERY --index {store.directory}'")
+    return Path(root)
+
+
+def relative_to_root(path: Path, root: Path) -> str | None:
+    """``path`` as the index stores it (POSIX, relative to the gallery root), or None outside the root.
+
+    The path is tried as written first, so a symlinked file keeps the place the gallery gives it, then
+    with its folder's symlinks resolved, as build-index resolved the root.
+    """
+    absolute = Path(os.path.abspath(path))
+    for candidate in (absolute, Path(os.path.realpath(absolute.parent)) / absolute.name):
+        try:
+            relative = candidate.relative_to(root).as_posix()
+        except ValueError:
+            continue
+        return "" if relative == "." else relative
+    return None
+
+
+# -- add ---------------------------------------------------------------------------------------------
+def add_images(paths: list[str | Path], directory: str | Path, embedder: Embedder, label: str | None = None,
+               quiet: bool = False, warn=None) -> AddReport:
+    """Add new images and replace changed ones; unchanged files cost a hash and nothing else.
+
+    Ids of untouched rows never change; new and replaced images get ids above every id ever used.
+    """
+    if label is not None and not label.strip():
+        raise ShituError("--label must not be empty")
+    report = AddReport()
+    with writing(Path(directory), embedder.info) as store:
+        items = collect_items([Path(p) for p in paths], gallery_root(store), label)
+        hashes = hash_items(items, quiet)
+        change, todo, replacing = plan_add(store, items, hashes, report)
+        fresh = embed_items(items, todo, embedder, quiet, report, warn)
+        if todo and not fresh and not change.relabel:
+            raise ShituError(f"none of the {len(todo)} new or changed images could be read; "
+                             f"the index was not changed")
+        start = next_free_id(store)
+        for n, position in enumerate(sorted(fresh)):
+            item = items[position]
+            change.new_rows.append({"id": start + n, "path": item.relpath, "label": item.label,
+                                    "sha256": hashes[position] or "", "vector": fresh[position]})
+            if position in replacing:
+                change.delete_ids.append(replacing[position])
+        report.replaced = sum(1 for p in fresh if p in replacing)
+        report.added = len(fresh) - report.replaced
+        if not change.empty():
+            index, report.rebuilt = updated_faiss(store, change)
+            commit(store, change, index)
+        report.count, report.labels = store.manifest["count"], store.manifest["labels"]
+        report.index_type = store.manifest["index_type"]
+    return report
+
+
+def collect_items(paths: list[Path], root: Path, label: str | None) -> list[GalleryItem]:
+    """Every image the paths name, once each; anything missing or outside the gallery root is refused."""
+    found = {}
+    for path in paths:
+        for item in items_below(path, root, label):
+            found.setdefault(item.relpath, item)
+    return sorted(found.values(), key=lambda item: item.relpath)
+
+
+def items_below(path: Path, root: Path, label: str | None) -> list[GalleryItem]:
+    """A file with ``label``, or the images below a folder.
+
+    Without ``label`` a folder's images are labelled the way build-index labels them, by their
+    top-level folder under the gallery root, so the root itself reads in the gallery layout.
+    """
+    if not (path.is_file() or path.is_dir()):
+        raise ShituError(f"{path}: no such image file or folder")
+    relative = relative_to_root(path, root)
+    if relative is None:
+        raise ShituError(f"{path} is outside the gallery folder {root} of this index (paths are stored "
+                         f"relative to it); copy it into the gallery first. The index was not changed")
+    if path.is_file():
+        if label is None:
+            raise ShituError(f"{path}: an image file needs --label")
+        return [GalleryItem(path, relative, label)]
+    items = []
+    for image in iter_images(path):
+        stored = "/".join(part for part in (relative, image.relative_to(path).as_posix()) if part)
+        if label is not None or "/" in stored:  # build-index ignores files lying loose in the root
+            items.append(GalleryItem(image, stored, label or stored.split("/")[0]))
+    if not items:
+        raise ShituError(f"no images found below {path}")
+    return items
+
+
+def plan_add(store: IndexStore, items: list[GalleryItem], hashes: list[str | None],
+             report: AddReport) -> tuple[Change, list[int], dict[int, int]]:
+    """Sort items into unchanged, relabelled and to-embed; returns the change so far, the positions to
+    embed, and ``{position: old id}`` for changed files whose old row the new one replaces."""
+    change, todo, replacing = Change(), [], {}
+    stored = rows_by_path(store, [item.relpath for item in items])
+    for position, item in enumerate(items):
+        old = stored.get(item.relpath)
+        if old is not None and hashes[position] is not None and old.sha256 == hashes[position]:
+            if old.label == item.label:
+                report.unchanged += 1
+            else:
+                change.relabel[old.id] = item.label
+                report.relabelled += 1
+            continue
+        todo.append(position)
+        if old is not None:
+            replacing[position] = old.id
+    return change, todo, replacing
+
+
+def rows_by_path(store: IndexStore, paths: list[str]) -> dict:
+    found = {}
+    for start in range(0, len(paths), 900):
+        chunk = paths[start:start + 900]
+        sql = f"select id from images where path in ({','.join('?' * len(chunk))})"
+        ids = [row[0] for row in store.execute(sql, chunk)]
+        found.update({row.path: row for row in store.rows(ids).values()})
+    return found
+
+
+def next_free_id(store: IndexStore) -> int:
+    """An id never used before: above every row and above the manifest's ``next_id``, which remembers
+    the ids of removed rows."""
+    top = store.execute("select max(id) from images")[0][0] or 0
+    return max(int(store.manifest.get("next_id", 1)), top + 1)
+
+
+# -- remove ------------------------------------------------------------------------------------------
+def remove_images(directory: str | Path, labels: list[str] = (), paths: list[str] = ()) -> RemoveReport:
+    """Remove rows by label and by path; every selector must match something, or nothing changes."""
+    if not labels and not paths:
+        raise ShituError("say what to remove with --label or --path")
+    with writing(Path(directory)) as store:
+        ids, unmatched = select_ids(store, labels, paths)
+        if unmatched:
+            raise ShituError(f"nothing in index {store.directory} matches {', '.join(unmatched)}; "
+                             f"the index was not changed")
+        change = Change(delete_ids=sorted(ids))
+        index, rebuilt = updated_faiss(store, change)
+        commit(store, change, index)
+        m = store.manifest
+        return RemoveReport(len(ids), m["count"], m["labels"], rebuilt, m["index_type"])
+
+
+def select_ids(store: IndexStore, labels, paths) -> tuple[set[int], list[str]]:
+    """Ids matching any selector, and the selectors that matched nothing."""
+    ids, unmatched = set(), []
+    for label in labels:
+        found = {row[0] for row in store.execute("select id from images where label = ?", [label])}
+        ids |= found
+        if not found:
+            unmatched.append(f"--label {label!r}")
+    for path in paths:
+        found = path_ids(store, path)
+        ids |= found
+        if not found:
+            unmatched.append(f"--path {path!r}")
+    return ids, unmatched
+
+
+def path_ids(store: IndexStore, given: str) -> set[int]:
+    """Rows of a path as stored, or of a file or folder inside the gallery; a folder means all below it."""
+    keys = {given.replace("\\", "/").strip("/")}
+    root = store.manifest.get("gallery_root")
+    if root:
+        keys.add(relative_to_root(Path(given), Path(root)) or "")
+    found = set()
+    for key in keys - {""}:  # the whole gallery is never meant by an empty path
+        sql = "select id from images where path = ? or substr(path, 1, ?) = ?"
+        found |= {row[0] for row in store.execute(sql, [key, len(key) + 1, key + "/"])}
+    return found
+
+
+# -- the commit --------------------------------------------------------------------------------------
+def updated_faiss(store: IndexStore, change: Change):
+    """(index, refilled): the live FAISS index with ``change`` applied in memory.
+
+    Only flat storage deletes in place correctly: ``IndexIDMap2.remove_ids`` compacts its id map and
+    relies on the inner index renumbering what stays, which flat codes do, IVF lists do not (their
+    entries would then point at the wrong ids) and HNSW cannot delete at all. Those are emptied and
+    refilled from the vectors stored in SQLite, keeping what they learned in training. A missing,
+    damaged or out-of-step FAISS file is refused before anything is written.
+    """
+    index = store.load_faiss()
+    if index.ntotal != store.count():
+        raise out_of_step(store, index.ntotal)
+    if change.delete_ids and not deletes_in_place(index):
+        ids, vectors = remaining_vectors(store, change)
+        index.reset()
+        index.add_with_ids(vectors, ids)
+        return index, True
+    if change.delete_ids:
+        removed = index.remove_ids(np.array(change.delete_ids, dtype=np.int64))
+        if removed != len(change.delete_ids):
+            raise out_of_step(store, index.ntotal + removed)
+    if change.new_rows:
+        ids, vectors = new_vectors(change)
+        index.add_with_ids(vectors, ids)
+    return index, False
+
+
+def deletes_in_place(index) -> bool:
+    faiss = faiss_module()
+    return isinstance(faiss.downcast_index(index.index), faiss.IndexFlatCodes)
+
+
+def remaining_vectors(store: IndexStore, change: Change) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of the stored rows once ``change`` is applied."""
+    ids, vectors = stored_vectors(store)
+    keep = ~np.isin(ids, np.array(change.delete_ids, dtype=np.int64))
+    ids, vectors = ids[keep], vectors[keep]
+    if change.new_rows:
+        new_ids, new = new_vectors(change)
+        ids, vectors = np.concatenate([ids, new_ids]), np.concatenate([vectors, new])
+    return ids, vectors
+
+
+def new_vectors(change: Change) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.array([row["id"] for row in change.new_rows], dtype=np.int64)
+    return ids, np.stack([row["vector"] for row in change.new_rows]).astype(np.float32)
+
+
+def stored_vectors(store: IndexStore) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of every row, refusing blobs of the wrong size rather than misreading them."""
+    size = int(store.manifest["embedding_size"])
+    ids, blobs, wrong = [], [], []
+    for row_id, blob in store.execute("select id, vector from images order by id"):
+        if blob is None or len(blob) != size * 4:
+            wrong.append(row_id)
+        else:
+            ids.append(row_id)
+            blobs.append(blob)
+    if wrong:
+        raise ShituError(f"index {store.directory} is damaged: {len(wrong)} stored vectors have the wrong "
+                         f"size (ids {show(wrong)}); rebuild it with 'shitu build-index'")
+    vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), size)
+    return np.array(ids, dtype=np.int64), vectors
+
+
+def out_of_step(store: IndexStore, faiss_count: int) -> ShituError:
+    return ShituError(f"index {store.directory} is out of step: {store.manifest['faiss_file']} holds "
+                      f"{faiss_count} vectors for {store.count()} rows; run 'shitu check --repair "
+                      f"--index {store.directory}'. The index was not changed")
+
+
+def commit(store: IndexStore, change: Change, index) -> str:
+    """Write ``index`` as the next FAISS generation, then commit ``change`` with a manifest naming it."""
+    previous = store.manifest["faiss_file"]
+    generation = max(int(store.manifest["generation"]), highest_generation(store.directory)) + 1
+    name = write_faiss_file(store.directory, index, generation)
+    commit_rows(store, change, name, generation, index.ntotal)
+    remove_stale_faiss(store.directory, keep={name, previous})
+    return name
+
+
+def commit_rows(store: IndexStore, change: Change, faiss_name: str, generation: int, expected: int):
+    """Apply ``change`` and point the manifest at ``faiss_name`` in one SQLite transaction.
+
+    Why a ``gallery.db-journal`` left by a writer killed here is never replayed into a newer database
+    file, although build-index renames a fresh file over ``gallery.db`` and SQLite finds journals by path:
+
+    * this transaction runs under the writer lock on a connection opened under it, so a journal it
+      leaves belongs to the file that is ``gallery.db`` while the lock is held;
+    * the next connection to read that file rolls the journal back first, and build-index is such a
+      reader: ``previous_vectors`` opens the old database before ``write_snapshot`` deletes any
+      ``gallery.db-journal`` and renames the new file in, all under the same lock, so no writer can
+      create a journal between that delete and the rename;
+    * a reader whose connection predates a rename stops at ``IndexStore.require_same_file`` instead of
+      taking a later writer's journal for its own.
+
+    Rollback-journal mode is therefore kept: WAL's ``-wal`` file would survive the rename and be replayed
+    into the new file. ``synchronous = extra`` also syncs the folder once the journal is deleted, so the
+    commit is durable as well as atomic. SQL goes straight to the connection: sqlite-utils helpers
+    commit on their own and would split the transaction.
+    """
+    conn = store.db.conn
+    store.require_same_file()
+    conn.execute("pragma synchronous = extra")
+    conn.execute("begin immediate")
+    try:
+        require_generation(conn, store)
+        next_id = max([next_free_id(store)] + [row["id"] + 1 for row in change.new_rows])
+        apply_change(conn, change)
+        count, labels = conn.execute("select count(*), count(distinct label) from images").fetchone()
+        if count != expected:
+            raise ShituError(f"index {store.directory}: {count} rows but {expected} FAISS vectors after the "
+                             f"change; nothing was changed (run 'shitu check')")
+        updates = {"faiss_file": faiss_name, "generation": generation, "count": count, "labels": labels,
+                   "next_id": next_id, "updated_at": now()}
+        conn.executemany("insert or replace into manifest (key, value) values (?, ?)",
+                         [(key, json.dumps(value)) for key, value in updates.items()])
+        conn.execute("commit")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("rollback")
+        raise
+    store.manifest.update(updates)
+
+
+def require_generation(conn, store: IndexStore):
+    """Refuse to commit over a manifest that changed since we read it (a writer ignoring the lock)."""
+    value = conn.execute("select value from manifest where key = 'generation'").fetchone()
+    if value is None or json.loads(value[0]) != store.manifest["generation"]:
+        raise ShituError(f"index {store.directory} was changed by another process; nothing was changed, "
+                         f"try again")
+
+
+def apply_change(conn, change: Change):
+    conn.executemany("delete from images where id = ?", [(i,) for i in change.delete_ids])
+    conn.executemany("update images set label = ? where id = ?",
+                     [(label, i) for i, label in change.relabel.items()])
+    stamp = now()
+    conn.executemany("insert into images (id, path, label, sha256, added_at, vector) "
+                     "values (?, ?, ?, ?, ?, ?)",
+                     [(r["id"], r["path"], r["label"], r["sha256"], stamp, vector_blob(r["vector"]))
+                      for r in change.new_rows])
+
+
+# -- info --------------------------------------------------------------------------------------------
+def index_info(directory: str | Path) -> dict:
+    """What an index holds and what it was built with."""
+    directory = Path(directory)
+    store = IndexStore.open(directory)
+    with database_errors_explained(directory):
+        try:
+            m = store.manifest
+            label_counts = store.label_counts()
+            model = {"name": m["model_name"], "version": m["model_version"], "sha256": m["model_sha256"]}
+            return {"index": str(directory), "format_version": m["format_version"], "model": model,
+                    "embedding_size": m["embedding_size"], "index_type": m["index_type"],
+                    "count": store.count(), "labels": len(label_counts), "label_counts": label_counts,
+                    "generation": m["generation"],
+                    "faiss_file": m["faiss_file"], "gallery_root": m.get("gallery_root", ""),
+                    "updated_at": m.get("updated_at", ""), "bytes": disk_usage(directory, m["faiss_file"])}
+        finally:
+            store.db.close()
+
+
+def disk_usage(directory: Path, faiss_file: str) -> dict:
+    def size(path: Path) -> int:
+        return path.stat().st_size if path.is_file() else 0
+
+    total = sum(size(path) for path in directory.iterdir())
+    return {"database": size(directory / DB_NAME), "faiss": size(directory / faiss_file), "total": total}
+
+
+# -- check -------------------------------------------------------------------------------------------
+def check_index(directory: str | Path, model: str | Path | None = None, repair: bool = False) -> CheckReport:
+    """Look for every way an index can be wrong; with ``repair``, fix what the stored vectors allow."""
+    directory = Path(directory)
+    if not (directory / DB_NAME).is_file():
+        IndexStore.open(directory)  # the usual "no index" error
+    model_path = Path(model) if model else default_model_path()
+    if not model and not model_path.is_file():
+        model_path = None  # no model to compare with: noted, not a problem
+    report = CheckReport(str(directory))
+    with check_lock(directory, repair) as locked:
+        findings = inspect(directory, model_path, locked)
+        if repair:
+            report.repaired = repair_index(directory, findings)
+            if report.repaired:
+                findings = inspect(directory, model_path, locked)
+    report.problems = [problem.message for problem in findings.problems]
+    report.notes = findings.notes
+    return report
+
+
+@contextmanager
+def check_lock(directory: Path, required: bool):
+    """--repair needs the writer lock. A plain check holds it when it is free, so that a running
+    writer's temporary files are not taken for leftovers, and checks the rest when it is not."""
+    if required:
+        with write_lock(directory):
+            yield True
+        return
+    handle = try_lock(directory)
+    try:
+        yield handle is not None
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def inspect(directory: Path, model_path: Path | None, locked: bool) -> Findings:
+    findings = Findings()
+    try:
+        store = IndexStore.open(directory)
+    except ShituError as exc:
+        findings.problem(str(exc))
+        return findings
+    try:
+        check_database(store, findings)
+        check_model(store, model_path, findings)
+        check_vectors(store, findings)
+        check_faiss(store, findings)
+        if locked:
+            check_leftovers(store, findings)
+        else:
+            findings.notes.append("another process is writing this index: leftover files were not checked")
+    except sqlite3.DatabaseError as exc:  # a damaged page the manifest did not touch
+        findings.problem(f"database {DB_NAME} is damaged ({exc}); rebuild the index with 'shitu build-index'")
+    except ShituError as exc:  # the store's reads report damage the same way
+        findings.problem(str(exc))
+    finally:
+        store.db.close()
+    return findings
+
+
+def check_database(store: IndexStore, findings: Findings):
+    """SQLite's own structure check, then the manifest's counts against the rows."""
+    result = [line for row in store.execute("pragma quick_check") for line in row[0].splitlines()
+              if not line.startswith("***")]
+    if result != ["ok"]:
+        findings.problem(f"database {DB_NAME} is damaged ({len(result)} errors, first: {result[0]}); "
+                         f"rebuild the index with 'shitu build-index'")
+    count, labels = store.execute("select count(*), count(distinct label) from images")[0]
+    m = store.manifest
+    if (m.get("count"), m.get("labels")) != (count, labels):
+        findings.problem(f"manifest says {m.get('count')} images of {m.get('labels')} labels, the database "
+                         f"holds {count} of {labels}", repairable=True)
+
+
+def check_model(store: IndexStore, model_path: Path | None, findings: Findings):
+    m = store.manifest
+    if model_path is None:
+        findings.notes.append("model not checked: no --model given and no default model installed")
+    elif not model_path.is_file():
+        findings.problem(f"model not found: {model_path}")
+    elif file_sha256(model_path) != m["model_sha256"]:
+        findings.problem(f"index was built with model {m['model_name']} {m['model_version']} (sha256 "
+                         f"{m['model_sha256'][:12]}), not with {model_path}; its vectors cannot be reused: "
+                         f"rebuild it with 'shitu build-index --model {model_path}'")
+
+
+def check_vectors(store: IndexStore, findings: Findings):
+    """Each stored vector has the model's size, finite values and unit length."""
+    size = int(store.manifest["embedding_size"])
+    wrong_size, not_unit = [], []
+    for row_id, blob in store.execute("select id, vector from images order by id"):
+        if blob is None or len(blob) != size * 4:
+            wrong_size.append(row_id)
+            continue
+        norm = float(np.linalg.norm(np.frombuffer(blob, dtype=np.float32).astype(np.float64)))
+        if not abs(norm - 1.0) <= NORM_TOLERANCE:  # also catches NaN
+            not_unit.append(row_id)
+    advice = "re-add those files with 'shitu add' after removing them, or rebuild with 'shitu build-index'"
+    if wrong_size:
+        findings.problem(f"{len(wrong_size)} stored vectors are not {size} float32 values (ids "
+                         f"{show(wrong_size)}); {advice}")
+    if not_unit:
+        findings.problem(f"{len(not_unit)} stored vectors are not unit length (ids {show(not_unit)}); "
+                         f"{advice}")
+
+
+def check_faiss(store: IndexStore, findings: Findings):
+    """The manifest's FAISS file loads and holds exactly one vector per row, under the row's id."""
+    try:
+        index = store.load_faiss()
+    except ShituError as exc:
+        findings.problem(str(exc), repairable=True)
+        return
+    name = store.manifest["faiss_file"]
+    if index.d != int(store.manifest["embedding_size"]):
+        findings.problem(f"{name} holds {index.d}-d vectors, the model makes "
+                         f"{store.manifest['embedding_size']}-d ones", repairable=True)
+    if not hasattr(index, "id_map"):
+        findings.problem(f"{name} is not an id-mapped index", repairable=True)
+        return
+    faiss_ids = Counter(faiss_module().vector_to_array(index.id_map).tolist())
+    row_ids = {row[0] for row in store.execute("select id from images")}
+    repeated = sorted(i for i, n in faiss_ids.items() if n > 1)
+    missing, extra = sorted(row_ids - faiss_ids.keys()), sorted(faiss_ids.keys() - row_ids)
+    if repeated:
+        findings.problem(f"{len(repeated)} ids appear more than once in {name} (ids {show(repeated)})", True)
+    if missing:
+        findings.problem(f"{len(missing)} rows have no vector in {name} (ids {show(missing)})", True)
+    if extra:
+        findings.problem(f"{len(extra)} vectors in {name} have no row (ids {show(extra)})", True)
+
+
+def check_leftovers(store: IndexStore, findings: Findings):
+    """Files an interrupted write left behind: harmless (no manifest names them), so only noted."""
+    findings.leftovers = leftover_files(store.directory, store.manifest["faiss_file"])
+    for path in findings.leftovers:
+        findings.notes.append(f"leftover {path.name} from an interrupted write (harmless; 'shitu check "
+                              f"--repair' removes it)")
+
+
+def leftover_files(directory: Path, live: str) -> list[Path]:
+    """FAISS files other than the live one and the generation before it, and temporary files."""
+    names = sorted(path.name for path in directory.glob("vectors.*.faiss"))
+    live_generation = generation_of(live) or 0
+    older = [g for g in map(generation_of, names) if g is not None and g < live_generation]
+    kept = {live} | ({f"vectors.{max(older)}.faiss"} if older else set())
+    found = [directory / name for name in names if name not in kept]
+    found += sorted(directory.glob(".vectors.*.tmp"))
+    found += [path for path in (directory / f".{DB_NAME}.tmp", directory / f".{DB_NAME}.tmp-journal")
+              if path.exists()]
+    return found
+
+
+def generation_of(name: str) -> int | None:
+    """N of ``vectors.N.faiss``; None for any other name."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def repair_index(directory: Path, findings: Findings) -> list[str]:
+    """Rebuild the FAISS file from the stored vectors when that fixes something, then delete leftovers."""
+    done, leftovers = [], set(findings.leftovers)
+    if any(problem.repairable for problem in findings.problems):
+        try:
+            name, count = rebuild_from_stored(directory)
+        except ShituError as exc:
+            findings.problem(f"cannot repair: {exc}")
+        else:
+            done.append(f"rebuilt {name} from {count} stored vectors")
+            leftovers |= set(leftover_files(directory, name))  # the commit itself deletes some of them
+    for path in sorted(leftovers):
+        path.unlink(missing_ok=True)
+        done.append(f"removed leftover {path.name}")
+    return done
+
+
+def rebuild_from_stored(directory: Path) -> tuple[str, int]:
+    """Commit a FAISS file rebuilt from every stored vector, and a manifest that counts the rows again."""
+    store = IndexStore.open(directory)
+    try:
+        ids, vectors = stored_vectors(store)
+        index = make_faiss_index(store.manifest["index_type"], store.manifest["embedding_size"], vectors, ids)
+        return commit(store, Change(), index), len(ids)
+    finally:
+        store.db.close()
+
+
+def show(ids: list[int]) -> str:
+    """The first few ids of a list, and how many more there are."""
+    shown = ", ".join(str(i) for i in ids[:SHOWN_IDS])
+    return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")

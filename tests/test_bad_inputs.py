@@ -1,0 +1,226 @@
+"""Hostile input files: every bad one is named with its reason, every good one is kept, nothing crashes."""
+
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli import app
+from shitu.errors import BadImage, ShituError
+from shitu.gallery import read_gallery
+from shitu.imageio import load_rgb
+from shitu.store import IndexStore
+from tests.conftest import solid
+
+runner = CliRunner()
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+QUIET_PILLOW = pytest.mark.filterwarnings("ignore::UserWarning")  # "Corrupt EXIF data" and the like
+
+
+def shitu(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def png_header_only(width, height) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels and holds none: a decompression bomb's header."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+def jpeg_bytes(image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def write(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def make_corpus(root):
+    """Good and bad files in the gallery layout; returns (good relpaths, {bad relpath: reason})."""
+    solid(root / "plain" / "red.png", (220, 30, 30))
+    Image.new("RGBA", (20, 10), (0, 200, 0, 90)).save(write(root / "alpha" / "rgba.png", b""))
+    Image.fromarray(np.full((10, 20), 40000, dtype=np.uint16)).save(write(root / "deep" / "16bit.png", b""))
+    write(root / "print" / "cmyk.jpg", jpeg_bytes(Image.new("CMYK", (20, 10), (0, 200, 200, 0))))
+    write(root / "gray" / "gray.jpg", jpeg_bytes(Image.new("L", (20, 10), 128)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    write(root / "phone" / "rotated.jpg", jpeg_bytes(Image.new("RGB", (40, 20), (0, 0, 200)), exif=exif))
+    solid(root / "Crème brûlée" / "café au lait 1.png", (200, 180, 120))
+    solid(root / "dups" / "a.png", (10, 120, 240))
+    write(root / "dups" / "b.png", (root / "dups" / "a.png").read_bytes())
+    solid(root / "loop" / "x.png", (90, 90, 90))
+    (root / "loop" / "again").symlink_to(root / "loop")  # a folder loop: walked once
+    good = {"plain/red.png", "alpha/rgba.png", "deep/16bit.png", "print/cmyk.jpg", "gray/gray.jpg",
+            "phone/rotated.jpg", "Crème brûlée/café au lait 1.png", "dups/a.png", "dups/b.png",
+            "loop/x.png"}
+
+    noise = jpeg_bytes(Image.effect_noise((120, 120), 60).convert("RGB"), quality=90)
+    write(root / "plain" / "truncated.jpg", noise[:len(noise) // 3])
+    write(root / "plain" / "empty.jpg", b"")
+    write(root / "plain" / "notes.jpg", "shopping list: milk, eggs\n".encode())
+    write(root / "plain" / "huge.png", png_header_only(30000, 30000))
+    (root / "loop" / "self.jpg").symlink_to(root / "loop" / "self.jpg")  # a link to itself
+    bad = {"plain/truncated.jpg": "damaged", "plain/empty.jpg": "not an image",
+           "plain/notes.jpg": "not an image", "plain/huge.png": "pixels", "loop/self.jpg": "symbolic links"}
+    return good, bad
+
+
+def assert_each_bad_file_named(stderr, bad):
+    lines = stderr.splitlines()
+    for relpath, reason in bad.items():
+        assert any(relpath in line and reason in line for line in lines), (relpath, stderr)
+
+
+def test_build_add_and_query_survive_a_hostile_corpus(tmp_path, tiny_model):
+    root, index = tmp_path / "gallery", tmp_path / "index"
+    good, bad = make_corpus(root)
+    result = shitu("build-index", root, "--index", index, "--model", tiny_model, "-q")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert_each_bad_file_named(result.stderr, bad)
+    assert f"indexed {len(good)} images" in result.stderr and f"{len(bad)} unreadable skipped" in result.stderr
+    assert {r.path for r in IndexStore.open(index).all_rows()} == good
+
+    more_bad = {"more/cut.jpg": "damaged", "more/zero.png": "not an image"}
+    solid(root / "more" / "ok.png", (30, 30, 200))
+    write(root / "more" / "cut.jpg", (root / "plain" / "truncated.jpg").read_bytes())
+    write(root / "more" / "zero.png", b"")
+    result = shitu("add", root / "more", "--index", index, "--model", tiny_model, "-q")
+    assert result.exit_code == 0, result.output
+    assert_each_bad_file_named(result.stderr, more_bad)
+    assert "1 new images added" in result.stderr and "2 unreadable skipped" in result.stderr
+    result = shitu("add", root / "more" / "cut.jpg", "--label", "more", "--index", index,
+                   "--model", tiny_model)
+    assert result.exit_code == 1 and "could be read" in result.stderr and "cut.jpg" in result.stderr
+    assert IndexStore.open(index).count() == len(good) + 1
+
+    queries = [root / "phone" / "rotated.jpg", root / "plain" / "empty.jpg", root / "plain" / "huge.png",
+               root / "Crème brûlée" / "café au lait 1.png", root / "loop" / "self.jpg"]
+    result = shitu("query", *queries, "--index", index, "--model", tiny_model, "--json")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    answers = json.loads(result.stdout)
+    assert [a["label"] for a in answers] == ["phone", None, None, "Crème brûlée", None]
+    assert all(("error" in a) == (a["label"] is None) for a in answers)
+    assert_each_bad_file_named(result.stderr, {"empty.jpg": "not an image", "huge.png": "pixels",
+                                               "self.jpg": "symbolic links"})
+
+
+def test_duplicates_are_kept_as_separate_rows(tmp_path, tiny_model):
+    root, index = tmp_path / "gallery", tmp_path / "index"
+    make_corpus(root)
+    shitu("build-index", root, "--index", index, "--model", tiny_model, "-q")
+    result = shitu("query", root / "dups" / "a.png", "--index", index, "--model", tiny_model, "--json",
+                   "--topk", 2)
+    top = json.loads(result.stdout)[0]["results"]
+    assert {m["path"] for m in top} == {"dups/a.png", "dups/b.png"} and top[0]["score"] == top[1]["score"]
+
+
+def test_list_file_naming_a_path_twice_is_refused(tmp_path, tiny_model):
+    solid(tmp_path / "img" / "a.png", (1, 2, 3))
+    listing = tmp_path / "list.txt"
+    listing.write_text("img/a.png\tcola\nimg/./a.png\tfanta\n", encoding="utf-8")
+    result = shitu("build-index", tmp_path, "--list", listing, "--index", tmp_path / "i",
+                   "--model", tiny_model)
+    assert result.exit_code == 1 and "line 2: 'img/a.png' is already listed on line 1" in result.stderr
+
+
+# -- fuzzing -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def sample_images() -> dict[str, bytes]:
+    """Small valid files of the formats galleries contain, to mutate."""
+    picture = Image.effect_noise((24, 16), 50).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    samples = {"jpeg": jpeg_bytes(picture, quality=80, exif=exif)}
+    for fmt, mode in (("PNG", "RGBA"), ("GIF", "P"), ("BMP", "RGB"), ("TIFF", "CMYK"), ("WEBP", "RGB")):
+        buffer = io.BytesIO()
+        picture.convert(mode).save(buffer, fmt)
+        samples[fmt.lower()] = buffer.getvalue()
+    return samples
+
+
+SAMPLES = sample_images()
+MAGIC = [b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+         b"RIFF\0\0\0\0WEBP"]
+
+
+def assert_rgb_or_bad_image(path):
+    try:
+        image = load_rgb(path)
+    except BadImage:
+        return
+    assert image.mode == "RGB" and min(image.size) >= 1
+
+
+@QUIET_PILLOW
+@FUZZ
+@given(prefix=st.sampled_from(MAGIC), body=st.binary(max_size=1024))
+def test_load_rgb_on_random_bytes(scratch, prefix, body):
+    path = scratch / "random.jpg"
+    path.write_bytes(prefix + body)
+    assert_rgb_or_bad_image(path)
+
+
+@QUIET_PILLOW
+@FUZZ
+@given(kind=st.sampled_from(sorted(SAMPLES)), cut=st.one_of(st.just(1.0), st.floats(0.05, 1.0)),
+       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=6))
+def test_load_rgb_on_mutated_images(scratch, kind, cut, flips):
+    data = bytearray(SAMPLES[kind])
+    for where, value in flips:  # past the magic number, which the random-bytes test covers
+        data[8 + int(where * (len(data) - 8))] = value
+    path = scratch / f"mutated.{kind}"
+    path.write_bytes(bytes(data[:max(1, int(cut * len(data)))]))
+    assert_rgb_or_bad_image(path)
+
+
+LINE_TEXT = st.lists(st.sampled_from(list("ab/\\. \t#\r\x00é字\u2028") + ["..", "../", "/etc", "C:\\"]),
+                     max_size=12).map("".join)
+
+
+def assert_items_or_shitu_error(root, list_file):
+    try:
+        items = read_gallery(root, list_file)
+    except ShituError:
+        return
+    relpaths = [item.relpath for item in items]
+    assert relpaths == sorted(relpaths) and len(set(relpaths)) == len(relpaths)
+    for item in items:
+        assert item.relpath and not item.relpath.startswith(("/", "../")) and item.relpath != ".."
+        assert item.label and item.label == item.label.strip()
+
+
+@FUZZ
+@given(lines=st.lists(LINE_TEXT, max_size=8))
+def test_list_file_parser_on_random_text(scratch, lines):
+    list_file = scratch / "list.txt"
+    list_file.write_text("\n".join(lines), encoding="utf-8")
+    assert_items_or_shitu_error(scratch, list_file)
+
+
+@FUZZ
+@given(data=st.binary(max_size=300))
+def test_list_file_parser_on_random_bytes(scratch, data):
+    list_file = scratch / "list.txt"
+    list_file.write_bytes(data)
+    assert_items_or_shitu_error(scratch, list_file)
