@@ -264,7 +264,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """Show what an index holds and which model built it."""
-    from shitu.maintain import index_info
+    from shitu.check import index_info
 
     data = index_info(index)
     if as_json:
@@ -288,7 +288,7 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """Verify an index: FAISS ids against database rows, stored vectors, model, leftover files."""
-    from shitu.maintain import check_index
+    from shitu.check import check_index
 
     report = check_index(index, model, repair)
     if as_json:

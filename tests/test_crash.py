@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from shitu.maintain import check_index
+from shitu.check import check_index
 from shitu.store import DB_NAME, IndexStore
 from tests.conftest import REPO, solid
 

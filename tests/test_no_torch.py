@@ -3,14 +3,13 @@
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.conftest import REPO, solid
 
 INFERENCE_MODULES = ["cli.py", "shitu/__init__.py", "shitu/build.py", "shitu/embed.py", "shitu/errors.py",
                      "shitu/gallery.py", "shitu/imageio.py", "shitu/metrics.py", "shitu/progress.py",
                      "shitu/recognizer.py", "shitu/store.py",
-                     "shitu/maintain.py"]
+                     "shitu/maintain.py", "shitu/check.py"]
 
 BLOCKER = """
 import sys
