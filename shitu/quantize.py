@@ -1,0 +1,175 @@
+"""Static int8 quantization of a shitu ONNX model, calibrated on gallery-like photos.
+
+Why these settings (issue #4, "Fast on a CPU"). Figures are mean cosines to fp32 over the demo
+photos, for EfficientNet-Lite0 with ImageNet weights at 96 px, measured on AMD Zen 3 (see
+tests/test_quantize.py):
+
+* QDQ format, every operator onnxruntime can quantize: its CPU kernels fuse QuantizeLinear /
+  DequantizeLinear pairs into int8 Conv, Gemm, Add, Mul and pooling. Quantizing only Conv/Gemm was
+  worse (0.89 against 0.97): a float Clip/ReLU left after an int8 Conv makes the Conv's output range
+  cover the negative values the activation then throws away.
+* uint8 activations, int8 per-channel weights: u8s8 is onnxruntime's fast path on x86, and one scale
+  per output channel keeps depthwise convolutions accurate (per-tensor scales: 0.71).
+* ``reduce_range`` (7-bit weights) by default: CPUs with AVX2 but without VNNI (our AMD Zen 3, and
+  Intel cores before Cascade Lake / Ice Lake) multiply u8 by s8 with VPMADDUBSW, which adds two
+  products into a saturating int16: 255 * 127 * 2 = 64770 overflows 32767, 255 * 63 * 2 = 32130 does
+  not. 8-bit weights gave 0.88 (0.28 on the test's random PP-LCNet, against 0.81), and the loss is
+  the kernels': with graph optimisations off, which runs the QDQ graph in float, 8-bit weights were as
+  good as 7-bit ones on a random PP-LCNet. Pass ``reduce_range=False`` only for a VNNI or ARM target.
+* MinMax calibration over photos that go through ``Embedder.preprocess``, the exact preprocessing of
+  build and query. It keeps only a per-tensor min and max per batch, so memory stays small without
+  onnxruntime's ``CalibMaxIntermediateOutputs``, which (in 1.32) drops the batches it was told to fold.
+
+The int8 file keeps the ``shitu.*`` metadata with a new version (``<fp32 version>-int8``) and
+``shitu.quantized = int8``; being another file it has another sha256, so an index built with the fp32
+model is refused for it (and the other way round) instead of mixing embeddings of two models.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from dataclasses import dataclass, field
+from itertools import zip_longest
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from shitu.embed import Embedder
+from shitu.errors import BadImage, ShituError
+from shitu.gallery import GalleryItem
+from shitu.progress import Progress
+
+CALIBRATION_BATCH = 8
+
+
+@dataclass
+class QuantizeReport:
+    """What a quantization did, for the summary line and the tests."""
+
+    path: Path
+    version: str
+    images: int = 0
+    fp32_bytes: int = 0
+    int8_bytes: int = 0
+    bad: list[str] = field(default_factory=list)
+
+
+def pick_calibration(items: list[GalleryItem], count: int) -> list[GalleryItem]:
+    """Up to ``count`` items, labels taken in turn, each label's photos in a fixed shuffled order.
+
+    Every label shapes the ranges, and a label folder sorted by sub-folder (``Apple/Golden/...``)
+    does not give only its first sub-folder.
+    """
+    by_label: dict[str, list[GalleryItem]] = {}
+    for item in items:
+        by_label.setdefault(item.label, []).append(item)
+    shuffler = random.Random(0)
+    for group in by_label.values():
+        shuffler.shuffle(group)
+    interleaved = (item for group in zip_longest(*by_label.values()) for item in group if item is not None)
+    return [item for _, item in zip(range(count), interleaved)]
+
+
+class GalleryCalibration(CalibrationDataReader):
+    """Feeds calibration photos to onnxruntime's calibrator, ``CALIBRATION_BATCH`` at a time.
+
+    The first batch is read up front so a folder without one readable photo fails before calibrating.
+    """
+
+    def __init__(self, embedder: Embedder, paths: list[Path], on_bad: Callable[[str], None],
+                 on_done: Callable[[], None] | None = None):
+        self.embedder, self.paths, self.used = embedder, paths, 0
+        self.on_bad, self.on_done = on_bad, on_done or (lambda: None)
+        self.batches = self.read()
+        self.pending = next(self.batches, None)
+
+    def read(self) -> Iterator[dict[str, np.ndarray]]:
+        inputs = []
+        for path in self.paths:
+            try:
+                inputs.append(self.embedder.preprocess(path))
+            except BadImage as exc:
+                self.on_bad(str(exc))
+            self.on_done()
+            if len(inputs) == CALIBRATION_BATCH:
+                yield self.batch(inputs)
+                inputs = []
+        if inputs:
+            yield self.batch(inputs)
+
+    def batch(self, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        self.used += len(inputs)
+        return {self.embedder.input_name: np.stack(inputs).astype(np.float32)}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = self.pending
+        if batch is not None:
+            self.pending = next(self.batches, None)
+        return batch
+
+
+def quantize_model(model: str | Path, out: str | Path, calibration: list[GalleryItem],
+                   reduce_range: bool = True, quiet: bool = False, warn=None) -> QuantizeReport:
+    """Write an int8 copy of ``model`` to ``out`` (atomically), calibrated on ``calibration``."""
+    model, out = Path(model), Path(out)
+    embedder = Embedder(model, threads=1)
+    metadata = embedder.session.get_modelmeta().custom_metadata_map
+    if "shitu.quantized" in metadata:
+        raise ShituError(f"{model} is already quantized ({metadata['shitu.quantized']}); "
+                         f"quantize the fp32 model it was made from")
+    if out.resolve() == model.resolve():
+        raise ShituError("--out must name a new file, not the fp32 model itself")
+    report = QuantizeReport(out, f"{embedder.info.version}-int8", fp32_bytes=model.stat().st_size)
+
+    def bad(reason: str):
+        report.bad.append(reason)
+        if warn:
+            warn(f"skipped {reason}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="shitu-quantize-") as tmp, \
+            Progress(len(calibration), "calibrating", quiet) as bar:
+        reader = GalleryCalibration(embedder, [item.path for item in calibration], bad, bar.advance)
+        if reader.pending is None:
+            raise ShituError(f"none of the {len(calibration)} calibration images could be read")
+        prepared = Path(tmp, "prepared.onnx")
+        quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)  # CNN: ONNX shapes suffice
+        quantized = Path(tmp, "int8.onnx")
+        quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=reduce_range,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        report.images = reader.used
+        settings = {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
+                    "reduce_range": reduce_range, "calibration": "minmax", "images": reader.used}
+        write_with_metadata(quantized, out, int8_metadata(metadata, report.version, settings))
+    report.int8_bytes = out.stat().st_size
+    return report
+
+
+def int8_metadata(fp32: dict[str, str], version: str, settings: dict) -> dict[str, str]:
+    """The fp32 model's ``shitu.*`` keys, with the int8 version and how it was quantized."""
+    metadata = {key: value for key, value in fp32.items() if key.startswith("shitu.")}
+    metadata.update({"shitu.model_version": version, "shitu.quantized": "int8",
+                     "shitu.quantization": json.dumps(settings)})
+    return metadata
+
+
+def write_with_metadata(source: Path, out: Path, metadata: dict[str, str]):
+    """Save ``source`` as ``out`` with ``metadata`` replacing its ``shitu.*`` keys; temp file, then rename."""
+    graph = onnx.load(str(source))
+    kept = [(entry.key, entry.value) for entry in graph.metadata_props if not entry.key.startswith("shitu.")]
+    del graph.metadata_props[:]
+    for key, value in kept + list(metadata.items()):
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save(graph, str(tmp))
+    tmp.replace(out)

@@ -1,0 +1,78 @@
+"""Every bench script runs at its tiniest setting (``--quick``), prints a table and writes its JSON.
+
+These prove the scripts work, not how fast anything is: the figures come from running them for real.
+"""
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def bench(script: str, tmp_path, *args) -> tuple[str, dict]:
+    """Run ``bench/<script>.py --quick``; returns its stdout and the JSON it wrote."""
+    out = tmp_path / f"{script}.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / f"{script}.py"), "--quick", "--json", str(out),
+                             *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "|---|" in result.stdout  # a Markdown table
+    data = json.loads(out.read_text())
+    assert data["bench"] == script and data["machine"]["cores"] >= 1
+    return result.stdout, data
+
+
+@pytest.fixture(scope="module")
+def random_lcnet(tmp_path_factory):
+    """A random PP-LCNet-2.5x exported at 64 px: a shitu model whose MACs the latency bench can count."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from shitu.nn.export import export_onnx
+    from shitu.train.config import TrainConfig
+    from shitu.train.loop import build_model
+
+    torch.manual_seed(0)
+    config = TrainConfig(data="unused", export_size=64)
+    folder = tmp_path_factory.mktemp("lcnet")
+    torch.save({"config": asdict(config), "model": build_model(config).eval().state_dict(), "ema": None,
+                "epoch": 0}, folder / "last.pt")
+    return export_onnx(folder / "last.pt", folder / "model.onnx")
+
+
+@pytest.mark.slow
+def test_latency(random_lcnet, tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    stdout, data = bench("latency", tmp_path, "--model", random_lcnet, "--int8", random_lcnet,
+                         "--cache", tmp_path / "cache")
+    models = {r["model"] for r in data["results"]}
+    assert models == {"PPLCNet_x2_5_shitu fp32", "PPLCNet_x2_5_shitu int8", "EfficientNet-Lite0", "ResNet50-512"}
+    assert {(r["batch"], r["threads"]) for r in data["results"]} == {(1, 1), (2, 1)}
+    assert all(r["macs"] > 0 and r["gflops"] > 0 for r in data["results"])
+    assert "% of peak" in stdout
+
+
+def test_build_throughput(tiny_model, tmp_path):
+    _, data = bench("build_throughput", tmp_path, "--model", tiny_model)
+    results = data["results"]
+    assert "model only (batch 32)" in results and "build: phone JPEGs 640x480" in results
+    assert all(r["images_per_s"]["median"] > 0 for r in results.values())
+
+
+@pytest.mark.slow
+def test_query_startup(tiny_model, tmp_path):
+    _, data = bench("query_startup", tmp_path, "--model", tiny_model)
+    assert data["index_type"] == "Flat"
+    assert set(data["new_process_seconds"]) == {"python -c pass", "python -c 'import libraries'",
+                                                "python cli.py query"}
+    assert data["loaded_seconds"]["Recognizer.query([photo])"]["median"] > 0
+
+
+def test_search(tmp_path):
+    _, data = bench("search", tmp_path)
+    rows = {(r["factory"], r["search"]): r for r in data["results"]}
+    assert rows[("Flat", "exact")]["recall_at_1"] == 1.0
+    assert {factory for factory, _ in rows} == {"Flat", "HNSW32", "IVF126,Flat", "IVF126,PQ8x4"}
+    assert all(0 <= r["recall_at_1"] <= 1 and r["bytes"] > 0 for r in rows.values())
