@@ -73,7 +73,7 @@ def loaded_peers(photo: Path, index: Path, model: Path, threads: int | None) -> 
             "Recognizer(index, model)": lambda: Recognizer(index, model, threads),
             "Embedder.preprocess(photo)": lambda: embedder.preprocess(photo),
             "embed_arrays, batch 1": lambda: embedder.embed_arrays(single),
-            "FAISS search, top 5": lambda: recognizer.store.search(vector, 5)}
+            "FAISS search, top 5": lambda: recognizer.snapshot.search(vector, 5)}
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
 from shitu.metrics import evaluate, needed_depth, parse_metric
 from shitu.progress import Progress
-from shitu.store import IndexStore
+from shitu.store import Snapshot, read_snapshot
 
 
 @dataclass
@@ -40,18 +40,29 @@ class Answer:
 
 
 class Recognizer:
-    """A loaded model and index; refuses an index built by a different model."""
+    """A loaded model and index; refuses an index built by a different model.
+
+    It answers from a snapshot of the index (``shitu.store.Snapshot``) and reads a new one before a
+    query when a writer has committed since, so every answer comes from one whole, recent state.
+    """
 
     def __init__(self, index_dir: str | Path = "index", model: str | Path | None = None,
                  threads: int | None = None):
         self.embedder = Embedder(model, threads)
-        self.store = IndexStore.open(index_dir, self.embedder.info)
-        self.store.faiss_index  # load now so the first query pays nothing extra
+        self.directory = Path(index_dir)
+        self.snapshot = read_snapshot(self.directory, self.embedder.info)
+
+    def refresh(self) -> Snapshot:
+        """The current snapshot, read again if the index changed since the last one."""
+        if not self.snapshot.is_current():
+            self.snapshot = read_snapshot(self.directory, self.embedder.info)
+        return self.snapshot
 
     def matches(self, vectors: np.ndarray, topk: int) -> list[list[Match]]:
         """Ranked matches of each vector."""
-        scores, ids = self.store.search(vectors, topk)
-        rows = self.store.rows(ids.ravel())
+        snapshot = self.refresh()
+        scores, ids = snapshot.search(vectors, topk)
+        rows = snapshot.rows
         return [[Match(rank + 1, rows[i].label, round(float(s), 6), rows[i].path)
                  for rank, (s, i) in enumerate((s, i) for s, i in zip(srow, irow) if i in rows)]
                 for srow, irow in zip(scores, ids)]
@@ -79,32 +90,20 @@ class Recognizer:
                  quiet: bool = False, warn=None) -> dict:
         """Metrics for query images, or leave-one-out over the gallery when ``queries`` is None."""
         metrics = [parse_metric(m) for m in metrics] or ["recall@1"]
-        rows = self.store.all_rows()
-        labels = {r.id: r.label for r in rows}
-        gallery_labels = [r.label for r in rows]
-        depth = needed_depth(metrics, gallery_labels, leave_one_out=queries is None)
-        if queries is None:
-            ids, vectors = self.store.all_vectors()
-            ranked = self.ranked_labels(vectors, depth, labels, exclude=ids)
-            truth = [labels[i] for i in ids.tolist()]
+        leave_one_out = queries is None
+        snapshot = read_snapshot(self.directory, self.embedder.info, with_vectors=leave_one_out)
+        labels = {row_id: row.label for row_id, row in snapshot.rows.items()}
+        gallery_labels = list(labels.values())
+        depth = needed_depth(metrics, gallery_labels, leave_one_out=leave_one_out)
+        if leave_one_out:
+            truth = [labels[i] for i in snapshot.ids.tolist()]
+            ranked = ranked_labels(snapshot, snapshot.vectors, depth, labels, exclude=snapshot.ids)
         else:
             vectors, truth = self.embed_queries(queries, quiet, warn)
-            ranked = self.ranked_labels(vectors, depth, labels)
-        result = evaluate(ranked, truth, gallery_labels, metrics, leave_one_out=queries is None)
-        result["gallery"] = len(rows)
+            ranked = ranked_labels(snapshot, vectors, depth, labels)
+        result = evaluate(ranked, truth, gallery_labels, metrics, leave_one_out=leave_one_out)
+        result["gallery"] = len(labels)
         return result
-
-    def ranked_labels(self, vectors: np.ndarray, depth: int, labels: dict[int, str],
-                      exclude: np.ndarray | None = None) -> list[list[str]]:
-        """The first ``depth`` neighbour labels per query, skipping each query's own id in ``exclude``."""
-        ranked = []
-        extra = int(exclude is not None)
-        for start in range(0, len(vectors), 1024):
-            _, ids = self.store.search(vectors[start:start + 1024], depth + extra)
-            for n, row in enumerate(ids):
-                own = exclude[start + n] if extra else None
-                ranked.append([labels[i] for i in row if i >= 0 and i != own][:depth])
-        return ranked
 
     def embed_queries(self, queries: list[GalleryItem], quiet: bool, warn) -> tuple[np.ndarray, list[str]]:
         vectors, truth = [], []
@@ -121,3 +120,16 @@ class Recognizer:
         if not truth:
             raise ShituError("none of the query images could be read")
         return np.concatenate(vectors), truth
+
+
+def ranked_labels(snapshot: Snapshot, vectors: np.ndarray, depth: int, labels: dict[int, str],
+                  exclude: np.ndarray | None = None) -> list[list[str]]:
+    """The first ``depth`` neighbour labels per query, skipping each query's own id in ``exclude``."""
+    ranked = []
+    extra = int(exclude is not None)
+    for start in range(0, len(vectors), 1024):
+        _, ids = snapshot.search(vectors[start:start + 1024], depth + extra)
+        for n, row in enumerate(ids):
+            own = exclude[start + n] if extra else None
+            ranked.append([labels[i] for i in row if i >= 0 and i != own][:depth])
+    return ranked

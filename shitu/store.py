@@ -219,6 +219,74 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
+@dataclass
+class Snapshot:
+    """One committed state read whole, so a reader's answers never mix two states of a changing index.
+
+    ``rows`` and the manifest come from one read transaction; ``index`` is the FAISS file that manifest
+    names. ``vectors`` (id order, as ``ids``) is read only when asked for.
+    """
+
+    directory: Path
+    manifest: dict
+    rows: dict[int, Row]
+    index: object
+    ids: np.ndarray | None = None
+    vectors: np.ndarray | None = None
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query vector; missing neighbours have id -1."""
+        k = max(1, min(k, self.index.ntotal))
+        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+    def is_current(self) -> bool:
+        """Whether no writer has committed since this snapshot was read (one small query)."""
+        try:
+            return committed_generation(self.directory) == self.manifest["generation"]
+        except ShituError:
+            return False
+
+
+def read_snapshot(directory: str | Path, model: ModelInfo | None = None, with_vectors: bool = False,
+                  attempts: int = 5) -> Snapshot:
+    """Read the latest committed state of an index.
+
+    Writers keep the FAISS file of the previous generation only, so when two commits land between our
+    read of the manifest and our opening of its FAISS file, that file is gone: read again.
+    """
+    directory = Path(directory)
+    for attempt in range(attempts):
+        store = IndexStore.open(directory, model)
+        try:
+            store.execute("begin")
+            try:
+                store.manifest = read_manifest(store.db, directory)
+                rows = {row.id: row for row in store.all_rows()}
+                ids, vectors = store.all_vectors() if with_vectors else (None, None)
+            finally:
+                store.db.execute("commit")
+            try:
+                return Snapshot(directory, store.manifest, rows, store.load_faiss(), ids, vectors)
+            except ShituError:
+                if attempt + 1 == attempts or committed_generation(directory) == store.manifest["generation"]:
+                    raise  # nothing newer was committed: the file is really missing or damaged
+        finally:
+            store.db.close()
+    raise AssertionError("unreachable")
+
+
+def committed_generation(directory: Path) -> int | None:
+    """The generation the index's manifest names now."""
+    db = connect(Path(directory) / DB_NAME)
+    try:
+        row = db.execute("select value from manifest where key = 'generation'").fetchone()
+        return json.loads(row[0]) if row else None
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        db.conn.close()
+
+
 def connect(db_path: Path) -> sqlite_utils.Database:
     """Open the SQLite file, turning "not a database" into a clear message."""
     try:
