@@ -325,7 +325,7 @@ def quantize(
     try:
         from shitu.quantize import pick_calibration, quantize_model
     except ImportError as exc:
-        raise ShituError(f"this command needs onnx: pip install onnx ({exc})") from None
+        raise ShituError(f"this command needs onnx: pip install 'shitu[quantize]' ({exc})") from None
     items = pick_calibration(read_gallery(calibration, list_file), images)
     report = quantize_model(model, out, items, quiet=quiet, warn=warn)
     typer.echo(f"wrote {report.path} (version {report.version}): calibrated on {report.images} images, "
