@@ -165,7 +165,8 @@ def train(
     data: Path = typer.Argument(..., help="Training images: gallery layout, or the root of --list files."),
     out: Path = typer.Option(..., "--out", help="Run directory (checkpoints, config, metrics, plot)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with training settings."),
-    list_files: Optional[List[Path]] = typer.Option(None, "--list", help="List file(s), relative to DATA."),
+    list_files: Optional[List[Path]] = typer.Option(None, "--list", help="List file(s) of 'path<TAB>label' "
+                                                    "lines, image paths relative to DATA; repeatable."),
     val_list: Optional[str] = typer.Option(None, "--val-list", help="Validation queries list file."),
     val_gallery_list: Optional[str] = typer.Option(None, "--val-gallery-list", help="Validation gallery."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),

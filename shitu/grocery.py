@@ -38,3 +38,19 @@ def write_list(root: Path, split: str, out: Path, classes: set[str] | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(split_lines(root, split, classes)) + "\n", encoding="utf-8")
     return out
+
+
+def main(argv: list[str] | None = None):
+    """``python -m shitu.grocery DATA OUT``: write train, val, test and iconic list files into OUT."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("data", type=Path, help="the Grocery Store Dataset folder")
+    parser.add_argument("out", type=Path, help="folder for the list files")
+    args = parser.parse_args(argv)
+    for split in (*SPLITS, "iconic"):
+        print(write_list(args.data, split, args.out / f"{split}.txt"))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,13 +13,12 @@ from shitu.imageio import load_rgb, resize_square
 
 
 def read_records(root: str, lists: list[str]) -> list[GalleryItem]:
-    """Items of the gallery folder, or of each list file (relative to ``root``) together."""
+    """Items of the gallery folder, or of each list file together (image paths relative to ``root``)."""
     if not lists:
         return read_gallery(root)
     items = []
     for name in lists:
-        path = Path(name) if Path(name).is_absolute() else Path(root) / name
-        items += read_gallery(root, path)
+        items += read_gallery(root, Path(name))
     return items
 
 
