@@ -106,7 +106,6 @@ class IndexStore:
                  identity: tuple[int, int] | None = None):
         self.directory, self.db, self.manifest = directory, db, manifest
         self.identity = identity  # (device, inode) of the gallery.db this connection reads
-        self._faiss = None
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -155,12 +154,6 @@ class IndexStore:
             raise ShituError(f"index database {self.directory / DB_NAME} is damaged ({exc}); rebuild it "
                              f"with 'shitu build-index'") from None
 
-    @property
-    def faiss_index(self):
-        if self._faiss is None:
-            self._faiss = self.load_faiss()
-        return self._faiss
-
     def load_faiss(self):
         faiss = faiss_module()
         path = self.directory / self.manifest["faiss_file"]
@@ -177,11 +170,6 @@ class IndexStore:
 
     def count(self) -> int:
         return self.execute("select count(*) from images")[0][0]
-
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query vector; missing neighbours have id -1."""
-        k = max(1, min(k, self.faiss_index.ntotal))
-        return self.faiss_index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
 
     def rows(self, ids) -> dict[int, Row]:
         """Stored rows for the given ids."""

@@ -116,7 +116,7 @@ def test_interrupted_rebuild_leaves_the_old_index(built, colour_gallery, tiny_mo
     monkeypatch.undo()
     store = IndexStore.open(built, None)
     assert [(r.path, r.label) for r in store.all_rows()] == old_rows
-    assert store.faiss_index.ntotal == len(old_rows)
+    assert store.load_faiss().ntotal == len(old_rows)
 
 
 def test_index_of_another_model_is_refused(built, other_tiny_model, tmp_path):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from shitu.errors import ShituError
-from shitu.store import DB_NAME, LOCK_NAME, IndexStore, write_faiss_file, write_lock
+from shitu.store import DB_NAME, LOCK_NAME, IndexStore, read_snapshot, write_faiss_file, write_lock
 from tests.conftest import colour_embedding, solid
 
 runner = CliRunner()
@@ -102,7 +102,7 @@ def test_changed_file_is_replaced_unchanged_is_a_no_op(built, colour_gallery, ti
     store = IndexStore.open(built)
     ids, vectors = store.all_vectors()
     assert np.allclose(vectors[list(ids).index(new_id)], colour_embedding((0, 0, 250)), atol=2e-3)
-    assert store.faiss_index.ntotal == 6
+    assert store.load_faiss().ntotal == 6
 
     files = snapshot(built)
     result = shitu("add", target, "--label", "blue can", "--index", built, "--model", tiny_model, "-q")
@@ -161,7 +161,7 @@ def test_remove_by_label_and_path(colour_gallery, tiny_model, tmp_path, index_ty
     queries = np.random.default_rng(7).normal(size=(20, 3)).astype(np.float32)
     queries = np.vstack([queries / np.linalg.norm(queries, axis=1, keepdims=True),
                          [colour_embedding(rgb) for rgb in [(20, 40, 220), (220, 30, 30), *EXTRA.values()]]])
-    scores, found = store.search(queries.astype(np.float32), 3)
+    scores, found = read_snapshot(index).search(queries.astype(np.float32), 3)
     exact = queries @ vectors.T
     order = np.argsort(-exact, axis=1)[:, :3]
     assert not removed & set(found.ravel().tolist())
@@ -222,7 +222,7 @@ def test_row_without_faiss_vector_found_and_repaired(built, colour_gallery, tiny
     result = shitu("add", new, "--label", "green tea", "--index", built, "--model", tiny_model, "-q")
     assert result.exit_code == 1 and "out of step" in result.stderr
     code, report = check(built, "--model", tiny_model, "--repair")
-    assert code == 0 and IndexStore.open(built).faiss_index.ntotal == 6
+    assert code == 0 and IndexStore.open(built).load_faiss().ntotal == 6
 
 
 def test_bad_stored_vectors_and_manifest_counts(built, tiny_model):
@@ -318,14 +318,14 @@ def test_damaged_faiss_file_is_refused_until_repaired(built, colour_gallery, tin
     assert snapshot(built) == files
     assert check(built, "--model", tiny_model, "--repair")[0] == 0
     result = shitu("add", new, "--label", "green tea", "--index", built, "--model", tiny_model, "-q")
-    assert result.exit_code == 0 and IndexStore.open(built).faiss_index.ntotal == 7
+    assert result.exit_code == 0 and IndexStore.open(built).load_faiss().ntotal == 7
 
 
 def test_reader_keeps_its_generation_while_a_writer_commits(built, colour_gallery, tiny_model):
     reader = IndexStore.open(built)  # has read the manifest, not yet the FAISS file
     new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
     assert shitu("add", new, "--label", "green tea", "--index", built, "--model", tiny_model).exit_code == 0
-    assert reader.faiss_index.ntotal == 6 and len(reader.rows(range(1, 7))) == 6
+    assert reader.load_faiss().ntotal == 6 and len(reader.rows(range(1, 7))) == 6
     assert shitu("remove", "--label", "green tea", "--index", built).exit_code == 0
     names = sorted(p.name for p in built.glob("vectors.*.faiss"))
     assert names == ["vectors.2.faiss", "vectors.3.faiss"]  # older than the previous generation: deleted
