@@ -67,6 +67,18 @@ def read_model_info(session, path: Path) -> ModelInfo:
                          f"'shitu export'") from None
 
 
+def set_shitu_metadata(model, metadata: dict[str, str]):
+    """Replace the ``shitu.*`` entries of an ONNX ``ModelProto``'s metadata, keeping any others.
+
+    The exporter, the quantizer and the tests' hand-built models all write what ``read_model_info`` reads.
+    """
+    kept = [(entry.key, entry.value) for entry in model.metadata_props if not entry.key.startswith("shitu.")]
+    del model.metadata_props[:]
+    for key, value in kept + list(metadata.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 class Embedder:
     """An onnxruntime session plus the preprocessing its metadata prescribes."""
 

@@ -41,7 +41,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from shitu.embed import Embedder
+from shitu.embed import Embedder, set_shitu_metadata
 from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
 from shitu.progress import Progress
@@ -165,11 +165,7 @@ def int8_metadata(fp32: dict[str, str], version: str, settings: dict) -> dict[st
 def write_with_metadata(source: Path, out: Path, metadata: dict[str, str]):
     """Save ``source`` as ``out`` with ``metadata`` replacing its ``shitu.*`` keys; temp file, then rename."""
     graph = onnx.load(str(source))
-    kept = [(entry.key, entry.value) for entry in graph.metadata_props if not entry.key.startswith("shitu.")]
-    del graph.metadata_props[:]
-    for key, value in kept + list(metadata.items()):
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_shitu_metadata(graph, metadata)
     tmp = out.with_name(f".{out.name}.tmp")
     onnx.save(graph, str(tmp))
     tmp.replace(out)

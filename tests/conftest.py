@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shitu.embed import set_shitu_metadata
+
 REPO = Path(__file__).resolve().parents[1]
 GROCERY = REPO.parent / "shared" / "data" / "grocery"
 MEAN = (0.485, 0.456, 0.406)
@@ -38,9 +40,7 @@ def write_mean_colour_model(path: Path, input_size: int = 32) -> Path:
     metadata = {"shitu.model_name": "mean-colour", "shitu.model_version": "test",
                 "shitu.embedding_size": "3", "shitu.input_size": str(input_size),
                 "shitu.mean": json.dumps(MEAN), "shitu.std": json.dumps(STD)}
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_shitu_metadata(model, metadata)
     onnx.save(model, str(path))
     return path
 

@@ -18,7 +18,7 @@ pytest.importorskip("onnx")
 
 from cli import app  # noqa: E402
 from shitu.build import build_index  # noqa: E402
-from shitu.embed import Embedder  # noqa: E402
+from shitu.embed import Embedder, set_shitu_metadata  # noqa: E402
 from shitu.errors import ShituError  # noqa: E402
 from shitu.gallery import GalleryItem, read_gallery  # noqa: E402
 from shitu.nn.export import Normalized, export_onnx  # noqa: E402
@@ -87,9 +87,7 @@ def write_shitu_onnx(network: torch.nn.Module, path: Path, embedding_size: int) 
     metadata = {"shitu.model_name": network.__class__.__name__, "shitu.model_version": "test",
                 "shitu.embedding_size": str(embedding_size), "shitu.input_size": str(SIZE),
                 "shitu.mean": json.dumps(MEAN), "shitu.std": json.dumps(STD)}
-    for key, value in metadata.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_shitu_metadata(graph, metadata)
     onnx.save(graph, str(path))
     return path
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shitu.embed import set_shitu_metadata
 from shitu.errors import ShituError
 from shitu.train.augment import MEAN, STD
 from shitu.train.config import TrainConfig
@@ -79,10 +80,7 @@ def export_onnx(checkpoint: Path, out: Path, name: str = "PPLCNet_x2_5_shitu", v
         "shitu.std": json.dumps([round(v, 4) for v in STD.flatten().tolist()]),
         "shitu.scale": str(config.scale),
     }
-    del graph.metadata_props[:]
-    for key, value in metadata.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_shitu_metadata(graph, metadata)
     onnx.save(graph, str(tmp))
     tmp.replace(out)
     return out
