@@ -178,7 +178,10 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
     quiet: bool = QUIET,
 ):
-    """Train the PP-LCNet-2.5x embedder with metric learning (needs PyTorch)."""
+    """Train the PP-LCNet-2.5x embedder with metric learning (needs PyTorch).
+
+    On several processes: torchrun --nproc-per-node N cli.py train ... (DDP; gloo on CPUs, nccl on GPUs).
+    """
     require_torch()
     from shitu.train.config import load_config
     from shitu.train.loop import Trainer
@@ -190,7 +193,8 @@ def train(
     if resume:
         trainer.resume()
     final = trainer.fit()
-    typer.echo(f"finished: {json.dumps(final)}", err=True)
+    if trainer.world.main:
+        typer.echo(f"finished: {json.dumps(final)}", err=True)
 
 
 def require_torch():

@@ -49,6 +49,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     export_size: int = 0  # 0: the last training resolution
+    amp: str = "auto"  # mixed precision: auto (fp16 on a GPU, off on a CPU), off, fp16, bf16
+    init_from: str = ""  # a checkpoint (.pt) whose weights start the run: fine-tuning, warm restarts
 
     def resolution_at(self, epoch: int) -> int:
         """Training image side for a 0-based ``epoch`` (progressive resizing)."""
@@ -66,6 +68,7 @@ class TrainConfig:
              and min(e for e, _ in self.resolutions) == 0,
              "resolutions must start at epoch 0 with sizes >= 32, e.g. [[0, 128], [20, 224]]"),
             (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
+            (self.amp in ("auto", "off", "fp16", "bf16"), "amp must be auto, off, fp16 or bf16"),
             (self.distill_kind in ("cosine", "relational"), "distill_kind must be cosine or relational"),
             (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
             (0.05 <= self.crop_scale_min <= 1.0, "crop_scale_min must be in [0.05, 1]"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import time
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from shitu.nn.losses import cosine_distillation, relational_distillation, triple
 from shitu.train.augment import augment, normalize
 from shitu.train.config import TrainConfig, to_toml
 from shitu.train.data import PKSampler, decode_all, read_records
+from shitu.train.distributed import check_batch, check_in_sync, join, leave, mean_over_ranks, shard
 from shitu.progress import Progress
 
 
@@ -91,6 +93,33 @@ def learning_rate(config: TrainConfig, step: int, total: int, warmup: int) -> fl
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class StudentStep(nn.Module):
+    """The trainable parts behind one forward, so DDP sees and averages all of their gradients.
+
+    The network may run under autocast; the head and projection feed the losses and stay float32.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module, projection: nn.Module | None):
+        super().__init__()
+        self.model, self.head, self.projection = model, head, projection
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, with_head: bool):
+        embeddings = self.model(images).float()
+        with torch.autocast(images.device.type, enabled=False):
+            logits = self.head(embeddings, labels) if with_head else None
+            projected = self.projection(embeddings) if self.projection is not None else None
+        return embeddings, logits, projected
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision type for ``amp`` on ``device`` (None: full float32)."""
+    if amp == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if amp == "fp16" and device.type != "cuda":
+        raise ShituError("amp = \"fp16\" needs a GPU; on a CPU use \"bf16\" or \"off\"")
+    return {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+
+
 def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed)
@@ -101,8 +130,9 @@ class Trainer:
     """Owns the run directory: ``config.toml``, ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``curves.png``."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: str | None = None, quiet: bool = False):
-        self.config, self.run_dir, self.quiet = config, Path(run_dir), quiet
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.world, self.device = join(device)
+        check_batch(config.batch_classes, self.world)
+        self.config, self.run_dir, self.quiet = config, Path(run_dir), quiet or not self.world.main
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
@@ -112,20 +142,29 @@ class Trainer:
         self.labels = np.array([index[item.label] for item in self.items])
         if len(self.label_names) < 2:
             raise ShituError("training needs at least two labels")
-        self.model = build_model(config).to(self.device)
+        # channels_last: depthwise and 1x1 convolutions train ~1.35x faster on this CPU (measured).
+        self.model = build_model(config).to(self.device, memory_format=torch.channels_last)
         self.head = ArcMarginHead(config.embedding_size, len(self.label_names),
                                   config.arc_scale, config.arc_margin).to(self.device)
         self.teacher, self.projection = None, None
         if config.teacher and config.distill_weight > 0:
             from shitu.nn.teacher import Teacher
 
-            self.teacher = Teacher(config.teacher).to(self.device)
+            self.teacher = Teacher(config.teacher).to(self.device, memory_format=torch.channels_last)
             self.projection = nn.Linear(config.embedding_size, self.teacher.feature_size).to(self.device)
+        if config.init_from:
+            self.load_initial_weights(Path(config.init_from))
+        self.step_module = StudentStep(self.model, self.head, self.projection)
+        if self.world.size > 1:
+            # Parameters the current epoch leaves unused (the head before metric_start_epoch) are allowed.
+            self.step_module = nn.parallel.DistributedDataParallel(self.step_module, find_unused_parameters=True)
+        self.amp_dtype = autocast_dtype(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = self.make_optimizer()
         self.ema = ModelEMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.sampler = PKSampler(self.labels, config.batch_classes, config.batch_per_class, config.seed)
         self.start_epoch, self.best_recall, self.caches = 0, -1.0, {}
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator()  # seeded per epoch and rank in train_epoch
 
     def trainable(self) -> list[nn.Module]:
         return [m for m in (self.model, self.head, self.projection) if m is not None]
@@ -149,7 +188,7 @@ class Trainer:
             "projection": self.projection.state_dict() if self.projection else None,
             "ema": self.ema.state if self.ema else None, "ema_updates": self.ema.updates if self.ema else 0,
             "optimizer": self.optimizer.state_dict(), "best_recall": self.best_recall,
-            "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state(), "metrics": metrics,
+            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(), "metrics": metrics,
         }
 
     def save(self, state: dict, name: str):
@@ -174,9 +213,27 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.state, self.ema.updates = state["ema"], state["ema_updates"]
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        self.generator.set_state(state["generator"])
         self.start_epoch, self.best_recall = state["epoch"] + 1, state["best_recall"]
+
+    def load_initial_weights(self, path: Path):
+        """Start from another run's weights (its EMA when it has one); the head only when labels match."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            weights = state["ema"] or state["model"]
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            raise ShituError(f"cannot start from {path}: not a shitu training checkpoint ({exc})") from None
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError:
+            raise ShituError(f"cannot start from {path}: its network differs from this config's "
+                             "(scale, embedding_size or bn_neck)") from None
+        if state.get("labels") == self.label_names:
+            self.head.load_state_dict(state["head"])
+        if self.projection is not None and state.get("projection") is not None:
+            self.projection.load_state_dict(state["projection"])
 
     # -- data --------------------------------------------------------------------------------
     def cache(self, items, side: int, key: str) -> torch.Tensor:
@@ -194,19 +251,17 @@ class Trainer:
         ArcMargin and triplet losses start at ``metric_start_epoch``: from random weights they fight the
         distillation signal early on (measured: lower recall after the same number of steps).
         """
-        embeddings = self.model(images)
         c = self.config
         metric_on = epoch >= c.metric_start_epoch
+        embeddings, logits, projected = self.step_module(images, labels, metric_on and c.arc_weight > 0)
         parts = {}
-        if metric_on and c.arc_weight > 0:
-            logits = self.head(embeddings, labels)
+        if logits is not None:
             parts["arc"] = F.cross_entropy(logits, labels, label_smoothing=c.label_smoothing) * c.arc_weight
         if metric_on and c.triplet_weight > 0:
             parts["triplet"] = triplet_angular_margin(embeddings, labels, c.triplet_margin) * c.triplet_weight
         if self.teacher is not None:
-            target = self.teacher(images)
+            target = self.teacher(images).float()
             if c.distill_kind == "cosine":
-                projected = self.projection(embeddings)
                 parts["distill"] = cosine_distillation(projected - projected.mean(0), target - target.mean(0)) \
                     * c.distill_weight
             else:
@@ -220,6 +275,8 @@ class Trainer:
         steps, total = self.sampler.steps, self.sampler.steps * c.epochs
         for module in self.trainable():
             module.train()
+        # Seeded from (seed, epoch, rank): resuming needs no generator state, and ranks differ.
+        self.generator.manual_seed(c.seed * 1_000_003 + epoch * 1_009 + self.world.rank)
         sums, started = {}, time.time()
         with Progress(steps, f"epoch {epoch + 1}/{c.epochs} at {size}px", self.quiet) as bar:
             for step, batch in enumerate(self.sampler.epoch(epoch)):
@@ -227,20 +284,27 @@ class Trainer:
                 lr = learning_rate(c, global_step, total, c.warmup_epochs * steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                x = augment(images[batch].to(self.device), size, c, self.generator)
-                parts = self.losses(x, labels[batch].to(self.device), epoch)
+                local = shard(batch, c.batch_per_class, self.world)
+                x = augment(images[local].to(self.device), size, c, self.generator)
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    parts = self.losses(x, labels[local].to(self.device), epoch)
                 loss = sum(parts.values())
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_([p for m in self.trainable() for p in m.parameters()], 5.0)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 if self.ema:
                     self.ema.update(self.model)
                 for name, value in {"loss": loss, **parts}.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 bar.advance(f"loss {float(loss.detach()):.3f}")
-        metrics = {name: value / steps for name, value in sums.items()}
+        metrics = mean_over_ranks({name: value / steps for name, value in sums.items()}, self.world)
         metrics.update(epoch=epoch + 1, lr=lr, size=size, seconds=round(time.time() - started, 1),
+                       processes=self.world.size,
                        images_per_second=round(steps * len(batch) / (time.time() - started), 2))
         return metrics
 
@@ -291,24 +355,36 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------------------
     def fit(self) -> dict:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.toml").write_text(to_toml(self.config), encoding="utf-8")
-        metrics = {}
-        for epoch in range(self.start_epoch, self.config.epochs):
-            metrics = self.train_epoch(epoch)
-            recall = self.validate(metrics["size"])
-            if recall is not None:
-                metrics["val_recall@1"] = recall
-            state = self.checkpoint(epoch, metrics)
-            self.save(state, "last.pt")
-            if recall is not None and recall > self.best_recall:
-                self.best_recall = recall
-                state["best_recall"] = recall
-                self.save(state, "best.pt")
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
-                log.write(json.dumps(metrics) + "\n")
-            plot_curves(self.run_dir)
-        return metrics
+        """Train the remaining epochs; under torchrun only rank 0 validates and writes the run directory."""
+        try:
+            if self.world.main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.toml").write_text(to_toml(self.config), encoding="utf-8")
+            metrics = {}
+            for epoch in range(self.start_epoch, self.config.epochs):
+                metrics = self.train_epoch(epoch)
+                if self.world.main:
+                    self.finish_epoch(epoch, metrics)
+                self.world.barrier()
+            check_in_sync(self.model, self.world)
+            return metrics
+        finally:
+            leave(self.world)
+
+    def finish_epoch(self, epoch: int, metrics: dict):
+        """Validate, checkpoint, log and plot one finished epoch."""
+        recall = self.validate(metrics["size"])
+        if recall is not None:
+            metrics["val_recall@1"] = recall
+        state = self.checkpoint(epoch, metrics)
+        self.save(state, "last.pt")
+        if recall is not None and recall > self.best_recall:
+            self.best_recall = recall
+            state["best_recall"] = recall
+            self.save(state, "best.pt")
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(metrics) + "\n")
+        plot_curves(self.run_dir)
 
 
 def plot_curves(run_dir: Path):
