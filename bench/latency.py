@@ -153,7 +153,7 @@ def time_config(peers: list[Peer], batch: int, threads: int, rounds: int, spin: 
         runner = session(peer.path, threads, spin)
         feed = {runner.get_inputs()[0].name: rng.standard_normal((batch, 3, peer.size, peer.size), np.float32)}
         calls[peer.name] = lambda runner=runner, feed=feed: runner.run(None, feed)
-    return interleave(calls, rounds, warmup=1)
+    return interleave(calls, rounds, warmup=1, settle=1 if threads > 1 and spin else 0)
 
 
 def row(peer: Peer, batch: int, threads: int, samples: list[float], ghz: float | None) -> dict:
