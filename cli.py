@@ -142,20 +142,28 @@ def eval_command(
 @app.command()
 @guarded
 def export(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (last.pt or best.pt)."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="Training checkpoint (last.pt or best.pt)."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=32, help="Input side (default: the "
-                                             "run's last training resolution)."),
+                                             "run's last training resolution; 224 with --teacher)."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help="Re-measure batch-norm statistics at "
                                      "the input side on the run's training images."),
     name: str = typer.Option("PPLCNet_x2_5_shitu", "--name", help="Model name stored in the metadata."),
     version: Optional[str] = typer.Option(None, "--version", help="Model version (default: epochN)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Instead of a checkpoint: export an "
+                                          "ImageNet teacher's features (efficientnet_lite0 or _lite2), "
+                                          "the off-the-shelf baseline to compare against."),
 ):
     """Export a checkpoint to ONNX with its preprocessing metadata (needs PyTorch)."""
     require_torch()
-    from shitu.nn.export import export_onnx
+    from shitu.nn.export import export_onnx, export_teacher
 
-    path = export_onnx(checkpoint, out, name, version, input_size, recalibrate)
+    if (checkpoint is None) == (teacher is None):
+        raise ShituError("export needs either a CHECKPOINT or --teacher NAME (not both)")
+    if teacher:
+        path = export_teacher(teacher, out, input_size or 224)
+    else:
+        path = export_onnx(checkpoint, out, name, version, input_size, recalibrate)
     typer.echo(f"wrote {path}", err=True)
 
 

@@ -6,6 +6,7 @@ Its split files say ``path, fine_id, coarse_id``; shitu wants ``path<TAB>label``
 from __future__ import annotations
 
 import csv
+import random
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
@@ -40,16 +41,41 @@ def write_list(root: Path, split: str, out: Path, classes: set[str] | None = Non
     return out
 
 
+def held_out_classes(root: Path, count: int, seed: int = 0) -> set[str]:
+    """``count`` class names drawn with ``seed``: products a model trained on the others never saw."""
+    names = sorted(row["name"] for row in class_table(root))
+    if not 0 < count < len(names):
+        raise ValueError(f"--hold-out must be between 1 and {len(names) - 1}")
+    return set(random.Random(seed).sample(names, count))
+
+
 def main(argv: list[str] | None = None):
-    """``python -m shitu.grocery DATA OUT``: write train, val, test and iconic list files into OUT."""
+    """``python -m shitu.grocery DATA OUT``: write train, val, test and iconic list files into OUT.
+
+    With ``--hold-out N`` it also writes ``OUT/seen/`` (train, val, iconic of the other classes: what
+    to train on) and ``OUT/held_out/`` (train as gallery, test as queries, of N classes never trained on),
+    to measure how a recipe does on products that are not in its training set.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("data", type=Path, help="the Grocery Store Dataset folder")
     parser.add_argument("out", type=Path, help="folder for the list files")
+    parser.add_argument("--hold-out", type=int, default=0, help="classes to keep out of training")
+    parser.add_argument("--seed", type=int, default=0, help="which classes --hold-out picks")
     args = parser.parse_args(argv)
     for split in (*SPLITS, "iconic"):
         print(write_list(args.data, split, args.out / f"{split}.txt"))
+    if args.hold_out:
+        try:
+            held = held_out_classes(args.data, args.hold_out, args.seed)
+        except ValueError as exc:
+            parser.error(str(exc))
+        seen = {row["name"] for row in class_table(args.data)} - held
+        for split in ("train", "val", "iconic"):
+            print(write_list(args.data, split, args.out / "seen" / f"{split}.txt", seen))
+        for split in ("train", "test"):
+            print(write_list(args.data, split, args.out / "held_out" / f"{split}.txt", held))
 
 
 if __name__ == "__main__":

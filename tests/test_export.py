@@ -86,3 +86,27 @@ def test_export_refuses_a_non_checkpoint(tmp_path):
     bogus.write_bytes(b"not a checkpoint")
     with pytest.raises(ShituError, match="not a shitu training checkpoint"):
         export_onnx(bogus, tmp_path / "m.onnx")
+
+
+@pytest.mark.slow
+def test_teacher_exports_as_the_off_the_shelf_baseline(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from typer.testing import CliRunner
+
+    from cli import app
+    from shitu.nn.teacher import Teacher
+
+    runner = CliRunner()
+    neither = runner.invoke(app, ["export", "--out", str(tmp_path / "x.onnx")])
+    assert neither.exit_code == 1 and "either a CHECKPOINT or --teacher" in neither.stderr
+    out = tmp_path / "lite0.onnx"
+    done = runner.invoke(app, ["export", "--teacher", "efficientnet_lite0", "--input-size", "96", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    embedder = Embedder(out)
+    assert (embedder.info.embedding_size, embedder.info.input_size) == (1280, 96)
+    photos = real_photos(4)
+    onnx_vectors = np.concatenate([v for _, v in embedder.embed_files(photos)])
+    pixels = np.stack([resize_square(load_rgb(p, 96), 96) for p in photos])
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(Teacher("efficientnet_lite0")(normalize(torch.from_numpy(pixels))))
+    assert np.min(np.sum(onnx_vectors * expected.numpy(), axis=1)) > 0.999

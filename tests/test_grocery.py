@@ -36,3 +36,19 @@ def test_index_query_and_eval_on_real_photos(grocery, tmp_path):
     result = json.loads(scored.stdout)
     assert result["queries"] == len(test.read_text().splitlines())
     assert result["recall@1"] >= 0.75  # chance is 0.25
+
+
+def test_hold_out_lists_split_the_classes(grocery, tmp_path):
+    from shitu.grocery import main
+
+    main([str(grocery), str(tmp_path), "--hold-out", "21", "--seed", "3"])
+
+    def labels(name):
+        return {line.split("\t")[1] for line in (tmp_path / name).read_text().splitlines()}
+
+    seen, held = labels("seen/train.txt"), labels("held_out/test.txt")
+    assert len(held) == 21 and len(seen) == 60 and not seen & held
+    assert labels("seen/val.txt") <= seen and labels("seen/iconic.txt") == seen
+    assert labels("held_out/train.txt") == held
+    with pytest.raises(SystemExit):
+        main([str(grocery), str(tmp_path / "x"), "--hold-out", "81"])

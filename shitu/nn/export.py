@@ -56,31 +56,49 @@ def export_onnx(checkpoint: Path, out: Path, name: str = "PPLCNet_x2_5_shitu", v
     batch-norm statistics were measured. ``recalibrate`` re-measures them at the export side on the
     run's training images (needed when exporting at another resolution than the one trained at).
     """
-    import onnx
-
     model, config, epochs = load_checkpoint_model(Path(checkpoint))
     size = input_size or config.export_size or config.resolution_at(config.epochs - 1)
     if recalibrate:
         calibrate_on_training_data(model, config, size)
-    wrapped = Normalized(model).eval()
-    example = torch.zeros(2, 3, size, size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.onnx.export(wrapped, (example,), str(tmp), input_names=["images"], output_names=["embeddings"],
-                      dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    graph = onnx.load(str(tmp))
     metadata = {
         "shitu.model_name": name,
         "shitu.model_version": version or f"epoch{epochs}",
         "shitu.embedding_size": str(config.embedding_size),
         "shitu.input_size": str(size),
-        "shitu.mean": json.dumps([round(v, 4) for v in MEAN.flatten().tolist()]),
-        "shitu.std": json.dumps([round(v, 4) for v in STD.flatten().tolist()]),
         "shitu.scale": str(config.scale),
     }
-    set_shitu_metadata(graph, metadata)
+    return write_onnx(Normalized(model).eval(), Path(out), size, metadata)
+
+
+def export_teacher(teacher: str, out: Path, input_size: int = 224) -> Path:
+    """An ImageNet EfficientNet-Lite's pooled features as a shitu model: the off-the-shelf baseline.
+
+    With it, ``shitu build-index --model`` and ``shitu eval`` measure what a trained model must beat,
+    on the same photos and through the same code.
+    """
+    from shitu.nn.teacher import Teacher
+
+    network = Teacher(teacher)
+    metadata = {"shitu.model_name": f"{teacher}_imagenet", "shitu.model_version": "imagenet",
+                "shitu.embedding_size": str(network.feature_size), "shitu.input_size": str(input_size)}
+    return write_onnx(Normalized(network).eval(), Path(out), input_size, metadata)
+
+
+def write_onnx(network: nn.Module, out: Path, size: int, metadata: dict[str, str]) -> Path:
+    """Export ``network`` with a dynamic batch axis and the ``shitu.*`` metadata, atomically."""
+    import onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.onnx.export(network, (torch.zeros(2, 3, size, size),), str(tmp), input_names=["images"],
+                      output_names=["embeddings"], dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    graph = onnx.load(str(tmp))
+    set_shitu_metadata(graph, {
+        **metadata,
+        "shitu.mean": json.dumps([round(v, 4) for v in MEAN.flatten().tolist()]),
+        "shitu.std": json.dumps([round(v, 4) for v in STD.flatten().tolist()]),
+    })
     onnx.save(graph, str(tmp))
     tmp.replace(out)
     return out
