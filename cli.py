@@ -16,7 +16,8 @@ app = typer.Typer(help="Recognise products in photos: PP-LCNet-2.5x embeddings, 
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
 INDEX = typer.Option(Path("index"), "--index", help="Index directory.")
-MODEL = typer.Option(None, "--model", help="ONNX model (default: the model shipped with shitu).")
+MODEL = typer.Option(None, "--model", help="ONNX model file, or 'int8' for the shipped int8 variant (default: "
+                     "the model the index was built with, else the shipped model).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
@@ -71,9 +72,10 @@ def build_index(
     from shitu.build import build_index as build
     from shitu.embed import Embedder
     from shitu.gallery import read_gallery
+    from shitu.store import remembered_model
 
     items = read_gallery(gallery, list_file)
-    report = build(items, index, Embedder(model), index_type, str(gallery.resolve()), quiet, warn)
+    report = build(items, index, Embedder(model or remembered_model(index)), index_type, str(gallery.resolve()), quiet, warn)
     typer.echo(f"indexed {report.images} images of {report.labels} labels into {index} "
                f"({report.index_type}): {report.embedded} embedded, {report.reused} reused, "
                f"{report.removed} removed, {len(report.bad)} unreadable skipped", err=True)
@@ -237,10 +239,11 @@ def add(
     """Add new images and replace changed ones, without rebuilding the index."""
     from shitu.embed import Embedder
     from shitu.maintain import add_images
+    from shitu.store import remembered_model
 
     if label is None and any(path.is_file() for path in paths):
         ctx.fail("image files need --label (folders take labels from their label folders)")
-    report = add_images(paths, index, Embedder(model), label, quiet, warn)
+    report = add_images(paths, index, Embedder(model or remembered_model(index)), label, quiet, warn)
     if report.rebuilt:
         rebuilt_note(report)
     typer.echo(f"{index}: {report.added} new images added, {report.replaced} changed ones replaced, "

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shitu.embed import default_model_path, file_sha256
+from shitu.embed import default_model_path, file_sha256, resolve_model
 from shitu.errors import ShituError
 from shitu.maintain import Change, commit, database_errors_explained, show, stored_vectors
-from shitu.store import DB_NAME, IndexStore, faiss_module, make_faiss_index, try_lock, write_lock
+from shitu.store import (DB_NAME, IndexStore, faiss_module, make_faiss_index, remembered_model, try_lock,
+                         write_lock)
 
 NORM_TOLERANCE = 1e-3  # float32 vectors normalised by the embedder are within 1e-6 of unit length
 
@@ -64,7 +65,8 @@ def index_info(directory: str | Path) -> dict:
         try:
             m = store.manifest
             label_counts = store.label_counts()
-            model = {"name": m["model_name"], "version": m["model_version"], "sha256": m["model_sha256"]}
+            model = {"name": m["model_name"], "version": m["model_version"], "sha256": m["model_sha256"],
+                     "path": m.get("model_path")}
             return {"index": str(directory), "format_version": m["format_version"], "model": model,
                     "embedding_size": m["embedding_size"], "index_type": m["index_type"],
                     "count": store.count(), "labels": len(label_counts), "label_counts": label_counts,
@@ -89,7 +91,7 @@ def check_index(directory: str | Path, model: str | Path | None = None, repair: 
     directory = Path(directory)
     if not (directory / DB_NAME).is_file():
         IndexStore.open(directory)  # the usual "no index" error
-    model_path = Path(model) if model else default_model_path()
+    model_path = resolve_model(model) if model else (remembered_model(directory) or default_model_path())
     if not model and not model_path.is_file():
         model_path = None  # no model to compare with: noted, not a problem
     report = CheckReport(str(directory))

@@ -24,9 +24,23 @@ from shitu.imageio import load_rgb, resize_square
 DEFAULT_MODEL = "ppLCNet_x2_5_shitu.onnx"
 
 
-def default_model_path() -> Path:
-    """The model shipped inside the package."""
-    return Path(str(resources.files("shitu") / "models" / DEFAULT_MODEL))
+INT8 = "int8"  # what --model takes for the shipped int8 variant
+
+
+def default_model_path(int8: bool = False) -> Path:
+    """The model shipped inside the package, or its int8 variant."""
+    name = DEFAULT_MODEL.replace(".onnx", ".int8.onnx") if int8 else DEFAULT_MODEL
+    return Path(str(resources.files("shitu") / "models" / name))
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A model argument as a file: None is the shipped model, ``int8`` its int8 variant (unless a
+    file of that name exists here)."""
+    if model is None:
+        return default_model_path()
+    if str(model) == INT8 and not Path(model).exists():
+        return default_model_path(int8=True)
+    return Path(model)
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,7 @@ class Embedder:
     def __init__(self, model_path: str | Path | None = None, threads: int | None = None):
         import onnxruntime as ort
 
-        self.path = Path(model_path) if model_path else default_model_path()
+        self.path = resolve_model(model_path)
         if not self.path.is_file():
             raise ShituError(f"model not found: {self.path}")
         options = ort.SessionOptions()

@@ -12,7 +12,7 @@ from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
 from shitu.metrics import evaluate, needed_depth, parse_metric
 from shitu.progress import Progress
-from shitu.store import Snapshot, read_snapshot
+from shitu.store import Snapshot, read_snapshot, remembered_model
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Recognizer:
 
     def __init__(self, index_dir: str | Path = "index", model: str | Path | None = None,
                  threads: int | None = None):
-        self.embedder = Embedder(model, threads)
         self.directory = Path(index_dir)
+        self.embedder = Embedder(model or remembered_model(self.directory), threads)
         self.snapshot = read_snapshot(self.directory, self.embedder.info)
 
     def refresh(self) -> Snapshot:

@@ -290,6 +290,29 @@ def committed_generation(directory: Path) -> int | None:
         db.conn.close()
 
 
+def remembered_model(directory: str | Path) -> Path | None:
+    """The model file an index was built with, if it is still there; None otherwise.
+
+    Commands that get no ``--model`` use it, so an index built with the int8 or a custom model is
+    queried with that model. Its sha256 is still checked against the manifest when the index opens.
+    """
+    db_path = Path(directory) / DB_NAME
+    if not db_path.is_file():
+        return None
+    try:
+        db = connect(db_path)
+    except ShituError:
+        return None
+    try:
+        row = db.execute("select value from manifest where key = 'model_path'").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        db.conn.close()
+    path = Path(json.loads(row[0])) if row else None
+    return path if path is not None and path.is_file() else None
+
+
 def connect(db_path: Path) -> sqlite_utils.Database:
     """Open the SQLite file, turning "not a database" into a clear message."""
     try:

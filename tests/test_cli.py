@@ -1,6 +1,7 @@
 """The CLI end to end with the mean-colour model: answers checked against plain numpy arithmetic."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +125,31 @@ def test_index_of_another_model_is_refused(built, other_tiny_model, tmp_path):
     result = shitu("query", photo, "--index", built, "--model", other_tiny_model)
     assert result.exit_code == 1 and "was built with model" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_commands_without_model_use_the_one_the_index_was_built_with(built, tiny_model, tmp_path):
+    photo = solid(tmp_path / "q.png", PALETTE["blue can"][0])
+    answered = shitu("query", photo, "--index", built, "--json")  # no --model: the tiny model, remembered
+    assert answered.exit_code == 0, answered.output
+    assert json.loads(answered.stdout)[0]["label"] == "blue can"
+    info = json.loads(shitu("info", "--index", built, "--json").stdout)
+    assert info["model"]["path"] == str(tiny_model.resolve())
+    moved = tiny_model.rename(tmp_path / "moved.onnx")  # gone from where the index remembers it
+    try:
+        refused = shitu("query", photo, "--index", built)
+        assert refused.exit_code == 1 and "was built with model" in refused.stderr
+    finally:
+        moved.rename(tiny_model)
+
+
+def test_int8_names_the_shipped_int8_model(tmp_path, monkeypatch):
+    from shitu.embed import default_model_path, resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("int8") == default_model_path(int8=True)
+    assert default_model_path(int8=True).name == "ppLCNet_x2_5_shitu.int8.onnx"
+    (tmp_path / "int8").write_bytes(b"")  # a file of that name wins
+    assert resolve_model("int8") == Path("int8")
 
 
 @pytest.mark.parametrize("args,code,message", [
