@@ -185,6 +185,8 @@ def train(
                                           "or '' for none."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from another run's checkpoint "
+                                            "(weights only: new schedule, new optimizer)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
     quiet: bool = QUIET,
 ):
@@ -198,7 +200,7 @@ def train(
 
     overrides = dict(data=str(data), lists=[str(p) for p in list_files] if list_files else None,
                      val_list=val_list, val_gallery_list=val_gallery_list, epochs=epochs, lr=lr,
-                     teacher=teacher, seed=seed)
+                     teacher=teacher, seed=seed, init_from=init_from)
     trainer = Trainer(load_config(config, overrides), out, device, quiet)
     if resume:
         trainer.resume()
