@@ -27,7 +27,9 @@ model is refused for it (and the other way round) instead of mixing embeddings o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -142,16 +144,29 @@ def quantize_model(model: str | Path, out: str | Path, calibration: list[Gallery
         prepared = Path(tmp, "prepared.onnx")
         quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)  # CNN: ONNX shapes suffice
         quantized = Path(tmp, "int8.onnx")
-        quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=reduce_range,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        with quiet_root_logger():  # onnxruntime warns on the root logger about 1-d BN-neck weights
+            quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=True, reduce_range=reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
         report.images = reader.used
         settings = {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
                     "reduce_range": reduce_range, "calibration": "minmax", "images": reader.used}
         write_with_metadata(quantized, out, int8_metadata(metadata, report.version, settings))
     report.int8_bytes = out.stat().st_size
     return report
+
+
+@contextlib.contextmanager
+def quiet_root_logger():
+    """Hide library warnings logged on the root logger for the duration (restored afterwards)."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def int8_metadata(fp32: dict[str, str], version: str, settings: dict) -> dict[str, str]:
