@@ -49,22 +49,16 @@ def parse(args: argparse.ArgumentParser, argv, quick: dict):
 
 
 def interleave(peers: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-               between: Callable[[], None] | None = None, settle: int = 0) -> dict[str, list[float]]:
+               between: Callable[[], None] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each peer, ``rounds`` samples each, taken round-robin after ``warmup`` rounds.
 
     ``between`` runs untimed before every call (e.g. deleting the index a build just wrote).
-    ``settle`` untimed calls of the same peer precede each timed one: onnxruntime's worker threads keep
-    spinning for a while after a run, and without them the next peer's first run shares the cores
-    with the previous peer's spinning threads (measured: 2-thread batch-1 medians 9.9 ms instead of
-    5.4 ms, spread 4.7-21 ms). A service answering queries one after another has no such neighbour.
     """
     samples: dict[str, list[float]] = {name: [] for name in peers}
     for round_number in range(warmup + rounds):
         for name, call in peers.items():
             if between:
                 between()
-            for _ in range(settle):
-                call()
             start = time.perf_counter()
             call()
             elapsed = time.perf_counter() - start

@@ -20,7 +20,10 @@ folder, see ``--cache``); onnxruntime only for the timing itself.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +156,41 @@ def time_config(peers: list[Peer], batch: int, threads: int, rounds: int, spin: 
         runner = session(peer.path, threads, spin)
         feed = {runner.get_inputs()[0].name: rng.standard_normal((batch, 3, peer.size, peer.size), np.float32)}
         calls[peer.name] = lambda runner=runner, feed=feed: runner.run(None, feed)
-    return interleave(calls, rounds, warmup=1, settle=1 if threads > 1 and spin else 0)
+    return interleave(calls, rounds, warmup=1)
+
+
+def time_in_processes(peers: list[Peer], batch: int, threads: int, rounds: int, block: int = 5,
+                      spin: bool = True) -> dict[str, list[float]]:
+    """Seconds per ``run`` with several threads: each peer times ``block`` calls in a process of its own.
+
+    Peers still take turns (A, B, C, A, ...), but never share a process: after a run, onnxruntime's
+    spinning worker threads keep a core busy long enough that the next session's calls in the same
+    process ran 2-3x slower (measured: 4.6 ms alone, 8-14 ms next to another session, with or without
+    a few untimed calls first). A process that exits takes its threads with it.
+    """
+    samples: dict[str, list[float]] = {peer.name: [] for peer in peers}
+    for _ in range(max(1, rounds // block)):
+        for peer in peers:
+            command = [sys.executable, __file__, "--time-one", str(peer.path), str(peer.size), str(batch),
+                       str(threads), str(block), "1" if spin else "0"]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            samples[peer.name] += json.loads(done.stdout)
+    return samples
+
+
+def time_one(path: str, size: str, batch: str, threads: str, calls: str, spin: str):
+    """The child of ``time_in_processes``: print the seconds of ``calls`` runs after two warm-up runs."""
+    runner = session(Path(path), int(threads), spin == "1")
+    feed = {runner.get_inputs()[0].name:
+            np.random.default_rng(0).standard_normal((int(batch), 3, int(size), int(size)), np.float32)}
+    for _ in range(2):
+        runner.run(None, feed)
+    seconds = []
+    for _ in range(int(calls)):
+        start = time.perf_counter()
+        runner.run(None, feed)
+        seconds.append(time.perf_counter() - start)
+    print(json.dumps(seconds))
 
 
 def row(peer: Peer, batch: int, threads: int, samples: list[float], ghz: float | None) -> dict:
@@ -195,7 +232,10 @@ def main(argv=None):
     for thread_count in threads:
         for batch in batches:
             rounds = args.rounds if batch == 1 else args.batch_rounds
-            samples = time_config(peers, batch, thread_count, rounds, not args.no_spin)
+            if thread_count == 1:
+                samples = time_config(peers, batch, thread_count, rounds, not args.no_spin)
+            else:
+                samples = time_in_processes(peers, batch, thread_count, rounds, min(5, rounds), not args.no_spin)
             results += [row(peer, batch, thread_count, samples[peer.name], ghz) for peer in peers]
 
     peak = "; ".join(f"{t} thread(s): {peak_gflops(t, ghz):.0f} GFLOP/s" for t in threads) if ghz else "unknown"
@@ -210,4 +250,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--time-one"]:
+        time_one(*sys.argv[2:])
+    else:
+        main()

@@ -178,6 +178,11 @@ def write_snapshot(directory: Path, rows: list[dict], embedder: Embedder, factor
     remove_stale_faiss(directory, keep={faiss_name, previous.faiss_file})
 
 
+# bench/search.py, 1e5 clustered 512-d vectors, 2 cores: efSearch 64 gives recall@1 0.970 at 0.52 ms a
+# query, 128 gives 0.985 at 0.97 ms; next to a 5-8 ms network the extra half millisecond is cheap.
+HNSW_EF_SEARCH = 128
+
+
 def manifest(embedder: Embedder, factory: str, gallery_root: str, faiss_name: str, generation: int,
              rows: list[dict], next_id: int) -> dict:
     """Everything a reader must check before trusting this index."""
@@ -188,5 +193,5 @@ def manifest(embedder: Embedder, factory: str, gallery_root: str, faiss_name: st
         "mean": list(info.mean), "std": list(info.std), "index_type": factory, "metric": "inner_product",
         "faiss_file": faiss_name, "generation": generation, "count": len(rows),
         "labels": len({r["label"] for r in rows}), "gallery_root": gallery_root, "updated_at": now(),
-        "ef_search": 64, "nprobe": 16, "next_id": max([next_id] + [r["id"] + 1 for r in rows]),
+        "ef_search": HNSW_EF_SEARCH, "nprobe": 16, "next_id": max([next_id] + [r["id"] + 1 for r in rows]),
     }

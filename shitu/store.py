@@ -33,6 +33,9 @@ from shitu.errors import ShituError
 FORMAT_VERSION = 1
 DB_NAME = "gallery.db"
 LOCK_NAME = ".write.lock"
+# bench/search.py on 2 cores: exact search costs 1.6 ms a query at 1e4 vectors and 16 ms at 1e5 (linear),
+# HNSW32 0.3-1 ms. Up to 20 000 images exact search stays near 3 ms, under the network's 5-8 ms, and
+# is never wrong; beyond, it grows past the network's cost.
 AUTO_FLAT_LIMIT = 20_000
 FEW_QUERIES = 16  # below this many query vectors, FAISS searches on one thread
 
@@ -90,7 +93,7 @@ def tune_search(index, settings: dict):
     faiss = faiss_module()
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
     if hasattr(inner, "hnsw"):
-        inner.hnsw.efSearch = int(settings.get("ef_search", 64))
+        inner.hnsw.efSearch = int(settings.get("ef_search", 128))
     if hasattr(inner, "nprobe"):
         inner.nprobe = int(settings.get("nprobe", 16))
 
