@@ -222,7 +222,7 @@ def main(argv=None):
     args.add_argument("--batch-rounds", type=int, default=6, help="timed calls per peer at larger batches")
     args.add_argument("--no-spin", action="store_true", help="turn off onnxruntime's busy-waiting threads")
     args.add_argument("--cache", type=Path, default=CACHE, help="folder for exported reference models")
-    args = parse(args, argv, quick={"size": 64, "batches": "1,2", "threads": "1", "rounds": 2, "batch_rounds": 1})
+    args = parse(args, argv, quick={"size": 64, "batches": "1,2", "threads": "1,2", "rounds": 2, "batch_rounds": 1})
     batches, threads = [int(b) for b in args.batches.split(",")], [int(t) for t in args.threads.split(",")]
 
     peers = shitu_peers(args.model, args.int8) + [reference_peer(name, args.size, args.cache)
