@@ -16,8 +16,8 @@ app = typer.Typer(help="Recognise products in photos: PP-LCNet-2.5x embeddings, 
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
 INDEX = typer.Option(Path("index"), "--index", help="Index directory.")
-MODEL = typer.Option(None, "--model", help="ONNX model file, or 'int8' for the shipped int8 variant (default: "
-                     "the model the index was built with, else the shipped model).")
+MODEL = typer.Option(None, "--model", help="ONNX model file, or 'fp32' / 'int8' for the shipped models "
+                     "(default: the model the index was built with, else the shipped fp32 model).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 

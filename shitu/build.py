@@ -189,7 +189,8 @@ def manifest(embedder: Embedder, factory: str, gallery_root: str, faiss_name: st
     info = embedder.info
     return {
         "format_version": FORMAT_VERSION, "model_name": info.name, "model_version": info.version,
-        "model_sha256": info.sha256, "model_path": str(embedder.path.resolve()), "embedding_size": info.embedding_size, "input_size": info.input_size,
+        "model_sha256": info.sha256, "model_path": str(embedder.path.resolve()),
+        "embedding_size": info.embedding_size, "input_size": info.input_size,
         "mean": list(info.mean), "std": list(info.std), "index_type": factory, "metric": "inner_product",
         "faiss_file": faiss_name, "generation": generation, "count": len(rows),
         "labels": len({r["label"] for r in rows}), "gallery_root": gallery_root, "updated_at": now(),

@@ -24,22 +24,22 @@ from shitu.imageio import load_rgb, resize_square
 DEFAULT_MODEL = "ppLCNet_x2_5_shitu.onnx"
 
 
-INT8 = "int8"  # what --model takes for the shipped int8 variant
-
-
 def default_model_path(int8: bool = False) -> Path:
     """The model shipped inside the package, or its int8 variant."""
     name = DEFAULT_MODEL.replace(".onnx", ".int8.onnx") if int8 else DEFAULT_MODEL
     return Path(str(resources.files("shitu") / "models" / name))
 
 
+SHIPPED = {"fp32": False, "int8": True}  # what --model takes for the shipped models
+
+
 def resolve_model(model: str | Path | None) -> Path:
-    """A model argument as a file: None is the shipped model, ``int8`` its int8 variant (unless a
-    file of that name exists here)."""
+    """A model argument as a file: None or ``fp32`` is the shipped model, ``int8`` its int8 variant
+    (unless a file of that name exists here)."""
     if model is None:
         return default_model_path()
-    if str(model) == INT8 and not Path(model).exists():
-        return default_model_path(int8=True)
+    if str(model) in SHIPPED and not Path(model).exists():
+        return default_model_path(int8=SHIPPED[str(model)])
     return Path(model)
 
 

@@ -142,11 +142,12 @@ def test_commands_without_model_use_the_one_the_index_was_built_with(built, tiny
         moved.rename(tiny_model)
 
 
-def test_int8_names_the_shipped_int8_model(tmp_path, monkeypatch):
+def test_fp32_and_int8_name_the_shipped_models(tmp_path, monkeypatch):
     from shitu.embed import default_model_path, resolve_model
 
     monkeypatch.chdir(tmp_path)
     assert resolve_model("int8") == default_model_path(int8=True)
+    assert resolve_model("fp32") == default_model_path() == resolve_model(None)
     assert default_model_path(int8=True).name == "ppLCNet_x2_5_shitu.int8.onnx"
     (tmp_path / "int8").write_bytes(b"")  # a file of that name wins
     assert resolve_model("int8") == Path("int8")
