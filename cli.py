@@ -75,7 +75,8 @@ def build_index(
     from shitu.store import remembered_model
 
     items = read_gallery(gallery, list_file)
-    report = build(items, index, Embedder(model or remembered_model(index)), index_type, str(gallery.resolve()), quiet, warn)
+    embedder = Embedder(model or remembered_model(index))
+    report = build(items, index, embedder, index_type, str(gallery.resolve()), quiet, warn)
     typer.echo(f"indexed {report.images} images of {report.labels} labels into {index} "
                f"({report.index_type}): {report.embedded} embedded, {report.reused} reused, "
                f"{report.removed} removed, {len(report.bad)} unreadable skipped", err=True)
