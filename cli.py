@@ -72,10 +72,10 @@ def build_index(
     from shitu.build import build_index as build
     from shitu.embed import Embedder
     from shitu.gallery import read_gallery
-    from shitu.store import remembered_model
+    from shitu.store import model_for_index
 
     items = read_gallery(gallery, list_file)
-    embedder = Embedder(model or remembered_model(index))
+    embedder = Embedder(model_for_index(index, model))
     report = build(items, index, embedder, index_type, str(gallery.resolve()), quiet, warn)
     typer.echo(f"indexed {report.images} images of {report.labels} labels into {index} "
                f"({report.index_type}): {report.embedded} embedded, {report.reused} reused, "
@@ -242,11 +242,11 @@ def add(
     """Add new images and replace changed ones, without rebuilding the index."""
     from shitu.embed import Embedder
     from shitu.maintain import add_images
-    from shitu.store import remembered_model
+    from shitu.store import model_for_index
 
     if label is None and any(path.is_file() for path in paths):
         ctx.fail("image files need --label (folders take labels from their label folders)")
-    report = add_images(paths, index, Embedder(model or remembered_model(index)), label, quiet, warn)
+    report = add_images(paths, index, Embedder(model_for_index(index, model)), label, quiet, warn)
     if report.rebuilt:
         rebuilt_note(report)
     typer.echo(f"{index}: {report.added} new images added, {report.replaced} changed ones replaced, "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,13 +149,16 @@ def session(path: Path, threads: int, spin: bool):
 
 def time_config(peers: list[Peer], batch: int, threads: int, rounds: int, spin: bool) -> dict[str, list[float]]:
     """Seconds per ``run`` of every peer at one batch size and thread count, interleaved."""
-    rng = np.random.default_rng(0)
-    calls = {}
-    for peer in peers:
-        runner = session(peer.path, threads, spin)
-        feed = {runner.get_inputs()[0].name: rng.standard_normal((batch, 3, peer.size, peer.size), np.float32)}
-        calls[peer.name] = lambda runner=runner, feed=feed: runner.run(None, feed)
+    calls = {peer.name: run_call(peer.path, peer.size, batch, threads, spin) for peer in peers}
     return interleave(calls, rounds, warmup=1)
+
+
+def run_call(path: Path, size: int, batch: int, threads: int, spin: bool):
+    """A call that runs ``path`` once on a fixed random batch."""
+    runner = session(path, threads, spin)
+    feed = {runner.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, size, size),
+                                                                                   np.float32)}
+    return lambda: runner.run(None, feed)
 
 
 def time_in_processes(peers: list[Peer], batch: int, threads: int, rounds: int, block: int = 5,
@@ -180,17 +182,8 @@ def time_in_processes(peers: list[Peer], batch: int, threads: int, rounds: int, 
 
 def time_one(path: str, size: str, batch: str, threads: str, calls: str, spin: str):
     """The child of ``time_in_processes``: print the seconds of ``calls`` runs after two warm-up runs."""
-    runner = session(Path(path), int(threads), spin == "1")
-    feed = {runner.get_inputs()[0].name:
-            np.random.default_rng(0).standard_normal((int(batch), 3, int(size), int(size)), np.float32)}
-    for _ in range(2):
-        runner.run(None, feed)
-    seconds = []
-    for _ in range(int(calls)):
-        start = time.perf_counter()
-        runner.run(None, feed)
-        seconds.append(time.perf_counter() - start)
-    print(json.dumps(seconds))
+    call = run_call(Path(path), int(size), int(batch), int(threads), spin == "1")
+    print(json.dumps(interleave({path: call}, int(calls), warmup=2)[path]))
 
 
 def row(peer: Peer, batch: int, threads: int, samples: list[float], ghz: float | None) -> dict:

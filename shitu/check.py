@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shitu.embed import default_model_path, file_sha256, resolve_model
+from shitu.embed import file_sha256
 from shitu.errors import ShituError
 from shitu.maintain import Change, commit, database_errors_explained, show, stored_vectors
-from shitu.store import (DB_NAME, IndexStore, faiss_module, make_faiss_index, remembered_model, try_lock,
+from shitu.store import (DB_NAME, IndexStore, faiss_module, make_faiss_index, model_for_index, try_lock,
                          write_lock)
 
 NORM_TOLERANCE = 1e-3  # float32 vectors normalised by the embedder are within 1e-6 of unit length
@@ -91,7 +91,7 @@ def check_index(directory: str | Path, model: str | Path | None = None, repair: 
     directory = Path(directory)
     if not (directory / DB_NAME).is_file():
         IndexStore.open(directory)  # the usual "no index" error
-    model_path = resolve_model(model) if model else (remembered_model(directory) or default_model_path())
+    model_path = model_for_index(directory, model)
     if not model and not model_path.is_file():
         model_path = None  # no model to compare with: noted, not a problem
     report = CheckReport(str(directory))

@@ -12,7 +12,7 @@ from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
 from shitu.metrics import evaluate, needed_depth, parse_metric
 from shitu.progress import Progress
-from shitu.store import Snapshot, read_snapshot, remembered_model
+from shitu.store import Snapshot, model_for_index, read_snapshot
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Recognizer:
     def __init__(self, index_dir: str | Path = "index", model: str | Path | None = None,
                  threads: int | None = None):
         self.directory = Path(index_dir)
-        self.embedder = Embedder(model or remembered_model(self.directory), threads)
+        self.embedder = Embedder(model_for_index(self.directory, model), threads)
         self.snapshot = read_snapshot(self.directory, self.embedder.info)
 
     def refresh(self) -> Snapshot:
