@@ -7,7 +7,6 @@ embedding size, input size, mean/std, model name and version.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from shitu.embed import set_shitu_metadata
 from shitu.errors import ShituError
 from shitu.train.augment import MEAN, STD
 from shitu.train.config import TrainConfig
-from shitu.train.loop import build_model, calibrate_on_training_data
+from shitu.train.loop import best_weights, build_model, calibrate_on_training_data, read_checkpoint
 
 
 class Normalized(nn.Module):
@@ -32,19 +31,15 @@ class Normalized(nn.Module):
         return F.normalize(self.network(images), dim=1)
 
 
-def load_checkpoint_model(checkpoint: Path, prefer_ema: bool = True) -> tuple[nn.Module, TrainConfig, int]:
+def load_checkpoint_model(checkpoint: Path) -> tuple[nn.Module, TrainConfig, int]:
     """The eval-mode network of a checkpoint (its EMA weights when it has them), config and epochs."""
+    state = read_checkpoint(checkpoint)
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         config = TrainConfig(**state["config"])
-        weights = state["ema"] if prefer_ema and state.get("ema") is not None else state["model"]
-    except FileNotFoundError:
-        raise ShituError(f"checkpoint not found: {checkpoint}") from None
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, EOFError, OSError,
-            pickle.UnpicklingError) as exc:
+    except TypeError as exc:
         raise ShituError(f"{checkpoint} is not a shitu training checkpoint ({exc})") from None
     model = build_model(config)
-    model.load_state_dict(weights)
+    model.load_state_dict(best_weights(state))
     return model.eval(), config, state["epoch"] + 1
 
 

@@ -80,6 +80,24 @@ def calibrate_on_training_data(model: nn.Module, config: TrainConfig, size: int)
     recalibrate_batch_norm(model, calibration_batches(images, config.seed))
 
 
+def read_checkpoint(path: Path, device="cpu") -> dict:
+    """A training checkpoint's state; a missing or foreign file becomes one clear error."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise ShituError(f"checkpoint not found: {path}") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, pickle.UnpicklingError) as exc:
+        raise ShituError(f"{path} is not a shitu training checkpoint ({exc})") from None
+    if not isinstance(state, dict) or not {"config", "model", "epoch"} <= state.keys():
+        raise ShituError(f"{path} is not a shitu training checkpoint (no config, model and epoch)")
+    return state
+
+
+def best_weights(state: dict) -> dict:
+    """The weights to evaluate, export or start from: the EMA when the run kept one."""
+    return state["ema"] if state.get("ema") is not None else state["model"]
+
+
 def build_model(config: TrainConfig) -> EmbeddingNet:
     """The embedding network a config describes."""
     return EmbeddingNet(config.scale, config.embedding_size, config.bn_neck, config.dropout)
@@ -203,7 +221,7 @@ class Trainer:
         path = self.run_dir / "last.pt"
         if not path.exists():
             raise ShituError(f"nothing to resume: {path} does not exist")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = read_checkpoint(path, self.device)
         if state["labels"] != self.label_names:
             raise ShituError("cannot resume: the training labels differ from the checkpoint's")
         self.model.load_state_dict(state["model"])
@@ -221,12 +239,11 @@ class Trainer:
     def load_initial_weights(self, path: Path):
         """Start from another run's weights (its EMA when it has one); the head only when labels match."""
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-            weights = state["ema"] or state["model"]
-        except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-            raise ShituError(f"cannot start from {path}: not a shitu training checkpoint ({exc})") from None
+            state = read_checkpoint(path, self.device)
+        except ShituError as exc:
+            raise ShituError(f"cannot start from a checkpoint: {exc}") from None
         try:
-            self.model.load_state_dict(weights)
+            self.model.load_state_dict(best_weights(state))
         except RuntimeError:
             raise ShituError(f"cannot start from {path}: its network differs from this config's "
                              "(scale, embedding_size or bn_neck)") from None
