@@ -187,7 +187,8 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from another run's checkpoint "
-                                            "(weights only: new schedule, new optimizer)."),
+                                            "or an exported ONNX model ('fp32': the shipped one); weights "
+                                            "only: new schedule, new optimizer."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
     quiet: bool = QUIET,
 ):

@@ -50,7 +50,7 @@ class TrainConfig:
     threads: int = 0
     export_size: int = 0  # 0: the last training resolution
     amp: str = "auto"  # mixed precision: auto (fp16 on a GPU, off on a CPU), off, fp16, bf16
-    init_from: str = ""  # a checkpoint (.pt) whose weights start the run: fine-tuning, warm restarts
+    init_from: str = ""  # a checkpoint (.pt) or exported model (.onnx, "fp32") to start from
 
     def resolution_at(self, epoch: int) -> int:
         """Training image side for a 0-based ``epoch`` (progressive resizing)."""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shitu.embed import resolve_model
 from shitu.errors import ShituError
 from shitu.metrics import evaluate
 from shitu.nn.heads import ArcMarginHead
@@ -170,8 +171,9 @@ class Trainer:
 
             self.teacher = Teacher(config.teacher).to(self.device, memory_format=torch.channels_last)
             self.projection = nn.Linear(config.embedding_size, self.teacher.feature_size).to(self.device)
+        self.caches = {}
         if config.init_from:
-            self.load_initial_weights(Path(config.init_from))
+            self.load_initial_weights(config.init_from)
         self.step_module = StudentStep(self.model, self.head, self.projection)
         if self.world.size > 1:
             # Parameters the current epoch leaves unused (the head before metric_start_epoch) are allowed.
@@ -181,7 +183,7 @@ class Trainer:
         self.optimizer = self.make_optimizer()
         self.ema = ModelEMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.sampler = PKSampler(self.labels, config.batch_classes, config.batch_per_class, config.seed)
-        self.start_epoch, self.best_recall, self.caches = 0, -1.0, {}
+        self.start_epoch, self.best_recall = 0, -1.0
         self.generator = torch.Generator()  # seeded per epoch and rank in train_epoch
 
     def trainable(self) -> list[nn.Module]:
@@ -236,8 +238,21 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.start_epoch, self.best_recall = state["epoch"] + 1, state["best_recall"]
 
-    def load_initial_weights(self, path: Path):
-        """Start from another run's weights (its EMA when it has one); the head only when labels match."""
+    def load_initial_weights(self, source: str):
+        """Start from another run's weights (its EMA when it has one) or from an exported ONNX model.
+
+        The head comes along only from a checkpoint with the same labels, the distillation projection
+        only from a checkpoint; what is missing is fitted to the loaded network (``fit_missing_parts``).
+        """
+        path = resolve_model(source) if source in ("fp32", "int8") else Path(source)
+        size = self.config.resolution_at(0)
+        if path.suffix == ".onnx":
+            from shitu.nn.from_onnx import load_onnx_into
+
+            images = self.cache(self.items, size, "calibration")
+            load_onnx_into(self.model, path, calibration_batches(images, self.config.seed, self.device))
+            self.fit_missing_parts(size, head=True, projection=True)
+            return
         try:
             state = read_checkpoint(path, self.device)
         except ShituError as exc:
@@ -247,10 +262,41 @@ class Trainer:
         except RuntimeError:
             raise ShituError(f"cannot start from {path}: its network differs from this config's "
                              "(scale, embedding_size or bn_neck)") from None
-        if state.get("labels") == self.label_names:
+        same_labels = state.get("labels") == self.label_names
+        if same_labels:
             self.head.load_state_dict(state["head"])
-        if self.projection is not None and state.get("projection") is not None:
+        has_projection = self.projection is not None and state.get("projection") is not None
+        if has_projection:
             self.projection.load_state_dict(state["projection"])
+        self.fit_missing_parts(size, head=not same_labels, projection=not has_projection)
+
+    @torch.no_grad()
+    def fit_missing_parts(self, size: int, head: bool, projection: bool):
+        """Fit a fresh head and projection to the loaded network, so a fine-tune starts from them
+        instead of fighting random ones.
+
+        Head: each class's row is the mean embedding of its training photos ("imprinting").
+        Projection: the ridge-regression map from centred embeddings to centred teacher features.
+        """
+        projection = projection and self.projection is not None
+        if not (head or projection):
+            return
+        images = self.cache(self.items, size, "calibration")
+        self.model.eval()
+        raw = torch.cat([self.model(normalize(images[i:i + 128].to(self.device))).float()
+                         for i in range(0, len(images), 128)])
+        self.model.train()
+        if head:
+            labels = torch.from_numpy(self.labels).to(self.device)
+            means = torch.zeros(len(self.label_names), raw.shape[1], device=self.device)
+            self.head.weight.copy_(F.normalize(means.index_add_(0, labels, F.normalize(raw))))
+        if projection:
+            target = torch.cat([self.teacher(normalize(images[i:i + 128].to(self.device))).float()
+                                for i in range(0, len(images), 128)])
+            x, y = raw - raw.mean(0), target - target.mean(0)
+            gram = x.T @ x + 1e-3 * torch.trace(x.T @ x) / x.shape[1] * torch.eye(x.shape[1], device=x.device)
+            self.projection.weight.copy_(torch.linalg.solve(gram, x.T @ y).T)
+            self.projection.bias.zero_()
 
     # -- data --------------------------------------------------------------------------------
     def cache(self, items, side: int, key: str) -> torch.Tensor:
