@@ -97,68 +97,89 @@ class Embedder:
     """An onnxruntime session plus the preprocessing its metadata prescribes."""
 
     def __init__(self, model_path: str | Path | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
         self.path = resolve_model(model_path)
         if not self.path.is_file():
             raise ShituError(f"model not found: {self.path}")
+        self.threads = threads or os.cpu_count() or 1
+        self.session = self.open_session(self.threads)
+        self.info = read_model_info(self.session, self.path)
+        self.input_name = self.session.get_inputs()[0].name
+        # (value - mean) / std for every uint8 value and channel: one gather per pixel instead of four
+        # array passes (measured 125 -> 50 us per 128 px image), with the same float32 results.
+        mean, std = (np.array(v, dtype=np.float32).reshape(3, 1) * 255.0 for v in (self.info.mean, self.info.std))
+        self.lookup = (np.arange(256, dtype=np.float32)[None, :] - mean) / std
+        self.stream_session = None  # single-threaded twin for embed_files, opened on first use
+
+    def open_session(self, threads: int):
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ShituError(f"cannot load model {self.path}: {str(exc).splitlines()[0]}") from None
-        self.info = read_model_info(self.session, self.path)
-        self.input_name = self.session.get_inputs()[0].name
-        self.mean = np.array(self.info.mean, dtype=np.float32).reshape(1, 1, 3) * 255.0
-        self.std = np.array(self.info.std, dtype=np.float32).reshape(1, 1, 3) * 255.0
 
     def preprocess(self, path: str | Path) -> np.ndarray:
         """One image file -> CHW float32 input; raises ``BadImage``."""
         side = self.info.input_size
-        pixels = resize_square(load_rgb(path, side), side).astype(np.float32)
-        return ((pixels - self.mean) / self.std).transpose(2, 0, 1)
+        pixels = resize_square(load_rgb(path, side), side)
+        out = np.empty((3, side, side), dtype=np.float32)
+        for channel in range(3):
+            np.take(self.lookup[channel], pixels[:, :, channel], out=out[channel])
+        return out
 
-    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+    def embed_arrays(self, batch: np.ndarray, session=None) -> np.ndarray:
         """NCHW inputs -> N x D unit vectors (the model normalises; we re-normalise for safety)."""
-        vectors = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        session = session or self.session
+        vectors = session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
-    def embed_files(self, paths: Iterable[Path], batch_size: int = 32, workers: int = 2,
+    def embed_files(self, paths: Iterable[Path], batch_size: int = 8,
                     on_bad: Callable[[int, str], None] | None = None,
                     on_done: Callable[[int], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
-        """Stream ``(positions, vectors)`` batches; decoding runs in threads ahead of inference.
+        """Stream ``(positions, vectors)`` batches in order; unreadable files go to ``on_bad(position,
+        reason)`` and are skipped.
 
-        At most two batches are decoded ahead, so memory stays flat however large the gallery.
-        Unreadable files are reported through ``on_bad(position, reason)`` and skipped.
+        One worker per core decodes a batch and runs it through a single-threaded session, so each core
+        alternates decoding and inference on its own. Why: a multi-threaded session waits for its
+        slowest thread at every layer, and a decoding thread beside it stalls the whole network
+        (measured on 2 cores: 0.72 of model-only throughput that way, 0.86 this way). At most two
+        batches per worker are in flight, so memory stays flat however large the gallery.
         """
         paths = list(paths)
+        workers = self.threads
+        if workers > 1 and self.stream_session is None:
+            self.stream_session = self.open_session(1)
+        session = self.stream_session or self.session
 
-        def decode(position):
-            try:
-                return position, self.preprocess(paths[position]), None
-            except BadImage as exc:
-                return position, None, str(exc)
-
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            pending = deque(pool.submit(decode, p) for p in range(min(len(paths), 2 * batch_size)))
-            submitted = len(pending)
-            positions, inputs = [], []
-            while pending:
-                position, array, error = pending.popleft().result()
-                if submitted < len(paths):
-                    pending.append(pool.submit(decode, submitted))
-                    submitted += 1
-                if error is not None and on_bad:
-                    on_bad(position, error)
-                elif error is None:
+        def work(start):
+            positions, inputs, errors = [], [], []
+            for position in range(start, min(start + batch_size, len(paths))):
+                try:
+                    inputs.append(self.preprocess(paths[position]))
                     positions.append(position)
-                    inputs.append(array)
+                except BadImage as exc:
+                    errors.append((position, str(exc)))
+            vectors = self.embed_arrays(np.stack(inputs), session) if inputs else None
+            return positions, vectors, errors, min(batch_size, len(paths) - start)
+
+        starts = iter(range(0, len(paths), batch_size))
+        with ThreadPoolExecutor(workers) as pool:
+            pending = deque(pool.submit(work, start) for _, start in zip(range(2 * workers), starts))
+            while pending:
+                positions, vectors, errors, count = pending.popleft().result()
+                start = next(starts, None)
+                if start is not None:
+                    pending.append(pool.submit(work, start))
+                for position, reason in errors:
+                    if on_bad:
+                        on_bad(position, reason)
                 if on_done:
-                    on_done(1)
-                if len(inputs) == batch_size or (not pending and inputs):
-                    yield positions, self.embed_arrays(np.stack(inputs))
-                    positions, inputs = [], []
+                    for _ in range(count):
+                        on_done(1)
+                if vectors is not None:
+                    yield positions, vectors
