@@ -147,12 +147,6 @@ def session(path: Path, threads: int, spin: bool):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def time_config(peers: list[Peer], batch: int, threads: int, rounds: int, spin: bool) -> dict[str, list[float]]:
-    """Seconds per ``run`` of every peer at one batch size and thread count, interleaved."""
-    calls = {peer.name: run_call(peer.path, peer.size, batch, threads, spin) for peer in peers}
-    return interleave(calls, rounds, warmup=1)
-
-
 def run_call(path: Path, size: int, batch: int, threads: int, spin: bool):
     """A call that runs ``path`` once on a fixed random batch."""
     runner = session(path, threads, spin)
@@ -163,12 +157,14 @@ def run_call(path: Path, size: int, batch: int, threads: int, spin: bool):
 
 def time_in_processes(peers: list[Peer], batch: int, threads: int, rounds: int, block: int = 5,
                       spin: bool = True) -> dict[str, list[float]]:
-    """Seconds per ``run`` with several threads: each peer times ``block`` calls in a process of its own.
+    """Seconds per ``run``: each peer times ``block`` calls in a process of its own.
 
-    Peers still take turns (A, B, C, A, ...), but never share a process: after a run, onnxruntime's
-    spinning worker threads keep a core busy long enough that the next session's calls in the same
-    process ran 2-3x slower (measured: 4.6 ms alone, 8-14 ms next to another session, with or without
-    a few untimed calls first). A process that exits takes its threads with it.
+    Peers still take turns (A, B, C, A, ...), but never share a process. With several threads, after
+    a run onnxruntime's spinning worker threads keep a core busy long enough that the next session's
+    calls in the same process ran 2-3x slower (measured: 4.6 ms alone, 8-14 ms next to another
+    session). With one thread, alternating call by call let each network evict the others' weights
+    from the caches (PP-LCNet fp32 on the Xeon: 6.7 ms interleaved, 4.6 ms alone). A process that
+    exits takes its threads with it, and a block of calls is what a deployed model sees.
     """
     samples: dict[str, list[float]] = {peer.name: [] for peer in peers}
     for _ in range(max(1, rounds // block)):
@@ -225,10 +221,7 @@ def main(argv=None):
     for thread_count in threads:
         for batch in batches:
             rounds = args.rounds if batch == 1 else args.batch_rounds
-            if thread_count == 1:
-                samples = time_config(peers, batch, thread_count, rounds, not args.no_spin)
-            else:
-                samples = time_in_processes(peers, batch, thread_count, rounds, min(5, rounds), not args.no_spin)
+            samples = time_in_processes(peers, batch, thread_count, rounds, min(5, rounds), not args.no_spin)
             results += [row(peer, batch, thread_count, samples[peer.name], ghz) for peer in peers]
 
     peak = "; ".join(f"{t} thread(s): {peak_gflops(t, ghz):.0f} GFLOP/s" for t in threads) if ghz else "unknown"
