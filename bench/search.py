@@ -22,7 +22,7 @@ queries; recall@1 is the share of queries whose top hit is the exact search's to
 measured once (train plus add, not data generation). Memory is ``len(faiss.serialize_index(...))``.
 
 Why: ``shitu build-index --index-type auto`` switches from Flat to HNSW32 at 20 000 images, and the
-manifest sets efSearch 128 and nprobe 16; this shows what those choices cost and buy at each size.
+manifest sets efSearch 64 and nprobe 16; this shows what those choices cost and buy at each size.
 Expect the full run to take a long time at 1e6 (HNSW and IVF builds); ``--sizes`` limits it.
 """
 
