@@ -50,7 +50,7 @@ def test_latency(random_lcnet, tmp_path):
     models = {r["model"] for r in data["results"]}
     assert models == {"PPLCNet_x2_5_shitu fp32", "PPLCNet_x2_5_shitu int8", "EfficientNet-Lite0", "ResNet50-512"}
     assert {(r["batch"], r["threads"]) for r in data["results"]} == {(1, 1), (2, 1), (1, 2), (2, 2)}
-    # quick: 2 timed calls at batch 1 and 1 at batch 2, the 2-thread ones in child processes
+    # quick: 2 timed calls at batch 1 and 1 at batch 2, every peer in child processes
     assert all(r["seconds_per_call"]["n"] == (2 if r["batch"] == 1 else 1) for r in data["results"])
     assert all(r["macs"] > 0 and r["gflops"] > 0 for r in data["results"])
     assert "% of peak" in stdout

@@ -244,7 +244,7 @@ class Trainer:
         The head comes along only from a checkpoint with the same labels, the distillation projection
         only from a checkpoint; what is missing is fitted to the loaded network (``fit_missing_parts``).
         """
-        path = resolve_model(source) if source in ("fp32", "int8") else Path(source)
+        path = resolve_model(source)
         size = self.config.resolution_at(0)
         if path.suffix == ".onnx":
             from shitu.nn.from_onnx import load_onnx_into
@@ -283,16 +283,14 @@ class Trainer:
             return
         images = self.cache(self.items, size, "calibration")
         self.model.eval()
-        raw = torch.cat([self.model(normalize(images[i:i + 128].to(self.device))).float()
-                         for i in range(0, len(images), 128)])
+        raw = self.forward_in_batches(self.model, images)
         self.model.train()
         if head:
             labels = torch.from_numpy(self.labels).to(self.device)
             means = torch.zeros(len(self.label_names), raw.shape[1], device=self.device)
             self.head.weight.copy_(F.normalize(means.index_add_(0, labels, F.normalize(raw))))
         if projection:
-            target = torch.cat([self.teacher(normalize(images[i:i + 128].to(self.device))).float()
-                                for i in range(0, len(images), 128)])
+            target = self.forward_in_batches(self.teacher, images)
             x, y = raw - raw.mean(0), target - target.mean(0)
             gram = x.T @ x + 1e-3 * torch.trace(x.T @ x) / x.shape[1] * torch.eye(x.shape[1], device=x.device)
             self.projection.weight.copy_(torch.linalg.solve(gram, x.T @ y).T)
@@ -391,11 +389,14 @@ class Trainer:
         return model
 
     @torch.no_grad()
-    def embed(self, model: nn.Module, images: torch.Tensor, batch: int = 128) -> np.ndarray:
+    def forward_in_batches(self, module: nn.Module, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
+        """``module``'s float32 outputs for uint8 ``images``, normalised and run ``batch`` at a time."""
+        return torch.cat([module(normalize(images[i:i + batch].to(self.device))).float()
+                          for i in range(0, len(images), batch)])
+
+    def embed(self, model: nn.Module, images: torch.Tensor) -> np.ndarray:
         model.eval()
-        out = [F.normalize(model(normalize(images[i:i + batch].to(self.device)))).cpu()
-               for i in range(0, len(images), batch)]
-        return torch.cat(out).numpy()
+        return F.normalize(self.forward_in_batches(model, images)).cpu().numpy()
 
     def validate(self, size: int) -> float | None:
         """recall@1 of ``val`` queries against ``val_gallery`` (or leave-one-out within ``val``)."""
