@@ -16,6 +16,10 @@ tests/test_quantize.py):
   not. 8-bit weights gave 0.88 (0.28 on the test's random PP-LCNet, against 0.81), and the loss is
   the kernels': with graph optimisations off, which runs the QDQ graph in float, 8-bit weights were as
   good as 7-bit ones on a random PP-LCNet. Pass ``reduce_range=False`` only for a VNNI or ARM target.
+* h-swish in integers: onnxruntime has no int8 HardSigmoid, so the quantized graph computed every
+  h-swish gate as dequantize, float HardSigmoid, quantize (1.6 ms of a 6.1 ms int8 PP-LCNet at 128
+  px, 1 thread, AMD Zen 3). ``integer_hard_sigmoid`` turns each gate into an int8 Add (QLinearAdd),
+  whose saturation does the clipping: 6.07 -> 5.05 ms, cosine to fp32 unchanged (0.9774 -> 0.9777).
 * MinMax calibration over photos that go through ``Embedder.preprocess``, the exact preprocessing of
   build and query. It keeps only a per-tensor min and max per batch, so memory stays small without
   onnxruntime's ``CalibMaxIntermediateOutputs``, which (in 1.32) drops the batches it was told to fold.
@@ -39,6 +43,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -150,9 +155,12 @@ def quantize_model(model: str | Path, out: str | Path, calibration: list[Gallery
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
         report.images = reader.used
+        graph = onnx.load(str(quantized))
+        gates = integer_hard_sigmoid(graph)
         settings = {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
-                    "reduce_range": reduce_range, "calibration": "minmax", "images": reader.used}
-        write_with_metadata(quantized, out, int8_metadata(metadata, report.version, settings))
+                    "reduce_range": reduce_range, "calibration": "minmax", "images": reader.used,
+                    "integer_hard_sigmoid": gates}
+        write_with_metadata(graph, out, int8_metadata(metadata, report.version, settings))
     report.int8_bytes = out.stat().st_size
     return report
 
@@ -177,9 +185,64 @@ def int8_metadata(fp32: dict[str, str], version: str, settings: dict) -> dict[st
     return metadata
 
 
-def write_with_metadata(source: Path, out: Path, metadata: dict[str, str]):
-    """Save ``source`` as ``out`` with ``metadata`` replacing its ``shitu.*`` keys; temp file, then rename."""
-    graph = onnx.load(str(source))
+def integer_hard_sigmoid(model: onnx.ModelProto) -> int:
+    """Rewrite each quantized ``HardSigmoid`` as an Add that onnxruntime runs in int8; returns how many.
+
+    HardSigmoid is ``clip(alpha * x + beta, 0, 1)`` = ``alpha * clip(x + beta / alpha, 0, 1 / alpha)``.
+    The node becomes ``x + beta / alpha`` (the constant as a dequantized uint8), and the QuantizeLinear
+    after it gets its scale divided by ``alpha``: its uint8 codes are then exactly those of the gate
+    under the old scale, which the DequantizeLinear nodes reading it still use, and uint8 saturation
+    clips to [0, 1]: the gate's calibrated range starts at 0, so its zero point is 0 (checked).
+    onnxruntime fuses DequantizeLinear -> Add -> QuantizeLinear into one QLinearAdd. A gate that is
+    not followed by a single QuantizeLinear alone is left as it is.
+    """
+    graph = model.graph
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    rewritten = 0
+    for position, node in reversed(list(enumerate(graph.node))):
+        after = readers.get(node.output[0], []) if node.op_type == "HardSigmoid" else []
+        if len(after) != 1 or not unsigned_from_zero(after[0], initializers):
+            continue
+        attributes = {a.name: a.f for a in node.attribute}
+        alpha, beta = attributes.get("alpha", 0.2), attributes.get("beta", 0.5)
+        prefix = f"{node.name or node.output[0]}_int8"
+        quantize = after[0]
+        old_scale = float(numpy_helper.to_array(initializers[quantize.input[1]]))
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array(255, np.uint8), f"{prefix}_shift_q"),
+            numpy_helper.from_array(np.array(beta / alpha / 255, np.float32), f"{prefix}_shift_scale"),
+            numpy_helper.from_array(np.array(0, np.uint8), f"{prefix}_shift_zero_point"),
+            numpy_helper.from_array(np.array(old_scale / alpha, np.float32), f"{prefix}_gate_scale"),
+        ])
+        quantize.input[1] = f"{prefix}_gate_scale"
+        shift = helper.make_node("DequantizeLinear", [f"{prefix}_shift_q", f"{prefix}_shift_scale",
+                                                      f"{prefix}_shift_zero_point"], [f"{prefix}_shift"],
+                                 name=f"{prefix}_shift")
+        add = helper.make_node("Add", [node.input[0], f"{prefix}_shift"], [node.output[0]], name=f"{prefix}_add")
+        del graph.node[position]
+        graph.node.insert(position, add)
+        graph.node.insert(position, shift)
+        rewritten += 1
+    return rewritten
+
+
+def unsigned_from_zero(node, initializers: dict) -> bool:
+    """Whether ``node`` quantizes to uint8 codes with zero point 0 and a stored scale (the gates do)."""
+    if node.op_type != "QuantizeLinear" or node.input[1] not in initializers:
+        return False
+    if len(node.input) < 3 or not node.input[2]:
+        return True  # no zero point: uint8, 0
+    zero_point = initializers.get(node.input[2])
+    return zero_point is not None and zero_point.data_type == onnx.TensorProto.UINT8 \
+        and int(numpy_helper.to_array(zero_point)) == 0
+
+
+def write_with_metadata(graph: onnx.ModelProto, out: Path, metadata: dict[str, str]):
+    """Save ``graph`` as ``out`` with ``metadata`` replacing its ``shitu.*`` keys; temp file, then rename."""
     set_shitu_metadata(graph, metadata)
     tmp = out.with_name(f".{out.name}.tmp")
     onnx.save(graph, str(tmp))

@@ -22,7 +22,7 @@ from shitu.embed import Embedder, set_shitu_metadata  # noqa: E402
 from shitu.errors import ShituError  # noqa: E402
 from shitu.gallery import GalleryItem, read_gallery  # noqa: E402
 from shitu.nn.export import Normalized, export_onnx  # noqa: E402
-from shitu.quantize import pick_calibration, quantize_model  # noqa: E402
+from shitu.quantize import integer_hard_sigmoid, pick_calibration, quantize_model  # noqa: E402
 from shitu.store import IndexStore  # noqa: E402
 from shitu.train.config import TrainConfig  # noqa: E402
 from shitu.train.loop import build_model  # noqa: E402
@@ -110,7 +110,13 @@ def test_int8_model_loads_with_the_fp32_metadata(fp32_model, int8_model):
     meta8 = int8.session.get_modelmeta().custom_metadata_map
     assert meta8["shitu.model_version"] == "epoch5-int8" == int8.info.version
     assert meta8["shitu.quantized"] == "int8"
-    assert json.loads(meta8["shitu.quantization"])["reduce_range"] is True
+    settings = json.loads(meta8["shitu.quantization"])
+    assert settings["reduce_range"] is True
+    # 28 h-swish activations and 2 squeeze-excite gates, all rewritten to int8 Adds
+    assert settings["integer_hard_sigmoid"] == 30
+    import onnx
+
+    assert "HardSigmoid" not in {node.op_type for node in onnx.load(str(int8_model)).graph.node}
     for key in ("shitu.model_name", "shitu.embedding_size", "shitu.input_size", "shitu.mean", "shitu.std",
                 "shitu.scale"):
         assert meta8[key] == meta32[key]
@@ -176,3 +182,55 @@ def test_calibration_takes_labels_in_turn():
     assert [item.label for item in picked] == ["a", "b", "c", "a", "b"]
     assert picked == pick_calibration(items, 5)  # the same photos every time
     assert sorted(item.relpath for item in pick_calibration(items, 100)) == [item.relpath for item in items]
+
+
+def gate_graph(scale: float, zero_point: int, alpha: float = 1 / 6, beta: float = 0.5):
+    """uint8 codes -> DequantizeLinear -> HardSigmoid -> QuantizeLinear(1/255, 0): one quantized gate."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = [numpy_helper.from_array(np.array(v, dtype), name) for v, dtype, name in [
+        (scale, np.float32, "x_scale"), (zero_point, np.uint8, "x_zero"),
+        (1 / 255, np.float32, "gate_scale"), (0, np.uint8, "gate_zero")]]
+    nodes = [helper.make_node("DequantizeLinear", ["codes", "x_scale", "x_zero"], ["x"]),
+             helper.make_node("HardSigmoid", ["x"], ["gate"], alpha=alpha, beta=beta),
+             helper.make_node("QuantizeLinear", ["gate", "gate_scale", "gate_zero"], ["gate_codes"])]
+    graph = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("codes", TensorProto.UINT8, [256])],
+                              [helper.make_tensor_value_info("gate_codes", TensorProto.UINT8, [256])], constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run_gate(model, tmp_path: Path, name: str) -> tuple[np.ndarray, set[str]]:
+    """The gate's output for every uint8 code, and the operators onnxruntime actually ran."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{name}.optimized.onnx")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    codes = session.run(None, {"codes": np.arange(256, dtype=np.uint8)})[0]
+    return codes.astype(int), {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+
+
+@pytest.mark.parametrize("scale, zero_point", [(0.05, 128), (0.03, 40), (0.1, 200)])  # both ends, top only, both
+def test_integer_hard_sigmoid_gives_the_float_gates_codes(tmp_path, scale, zero_point):
+    float_gate = gate_graph(scale, zero_point)
+    expected = np.clip(np.round(np.clip((scale * (np.arange(256) - zero_point)) / 6 + 0.5, 0, 1) * 255), 0, 255)
+    before, _ = run_gate(float_gate, tmp_path, "before")
+    assert np.abs(before - expected).max() <= 1
+    rewritten = gate_graph(scale, zero_point)
+    assert integer_hard_sigmoid(rewritten) == 1
+    after, operators = run_gate(rewritten, tmp_path, "after")
+    assert "QLinearAdd" in operators and "HardSigmoid" not in operators  # the gate runs in int8
+    assert np.abs(after - expected).max() <= 1  # one code of rounding at most
+    x = scale * (np.arange(256) - zero_point)
+    assert (after[x <= -3] == 0).all() and (after[x >= 3] == 255).all()  # saturation clips as the gate does
+
+
+def test_integer_hard_sigmoid_leaves_a_gate_it_cannot_rewrite():
+    model = gate_graph(0.05, 128)
+    from onnx import numpy_helper
+
+    model.graph.initializer[3].CopyFrom(numpy_helper.from_array(np.array(7, np.uint8), "gate_zero"))
+    assert integer_hard_sigmoid(model) == 0  # zero point 7: saturation would not clip at 0
+    assert [node.op_type for node in model.graph.node] == ["DequantizeLinear", "HardSigmoid", "QuantizeLinear"]
