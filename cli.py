@@ -335,8 +335,8 @@ def quantize(
                                      "one sub-folder per label."),
     list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path<TAB>label' lines, "
                                              "paths relative to --calibration."),
-    images: int = typer.Option(200, "--images", min=1, help="Calibration photos to use, taken label by "
-                               "label in turn."),
+    images: int = typer.Option(64, "--images", min=1, help="Calibration photos to use, taken label by "
+                               "label in turn (memory grows with them: ~3 GB for 64 at 160 px)."),
     quiet: bool = QUIET,
 ):
     """Write a static int8 copy of a model for faster CPU inference (needs onnx); indexes must be rebuilt."""
