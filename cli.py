@@ -182,6 +182,8 @@ def train(
     val_gallery_list: Optional[str] = typer.Option(None, "--val-gallery-list", help="Validation gallery."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     lr: Optional[float] = typer.Option(None, "--lr"),
+    size: Optional[int] = typer.Option(None, "--size", min=32, help="Train at this image side throughout "
+                                       "(resolutions = [[0, N]]); the shipped model was trained at 160."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="efficientnet_lite0, efficientnet_lite2 "
                                           "or '' for none."),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -202,7 +204,8 @@ def train(
 
     overrides = dict(data=str(data), lists=[str(p) for p in list_files] if list_files else None,
                      val_list=val_list, val_gallery_list=val_gallery_list, epochs=epochs, lr=lr,
-                     teacher=teacher, seed=seed, init_from=init_from)
+                     teacher=teacher, seed=seed, init_from=init_from,
+                     resolutions=[[0, size]] if size else None)
     trainer = Trainer(load_config(config, overrides), out, device, quiet)
     if resume:
         trainer.resume()

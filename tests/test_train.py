@@ -92,3 +92,15 @@ def test_config_rejects_unknown_settings(tmp_path):
     config.write_text("epochz = 3\n")
     with pytest.raises(ShituError, match="unknown training setting"):
         load_config(config, {"data": "x"})
+
+
+@pytest.mark.slow
+def test_size_flag_sets_the_training_resolution(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.replace("[[0, 64]]", "[[0, 64], [1, 96]]"))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(DEMO), "--out", str(run), "--config", str(config),
+                                      "--epochs", "2", "--size", "48", "-q"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["size"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [48, 48]
+    assert "resolutions = [[0, 48]]" in (run / "config.toml").read_text()
