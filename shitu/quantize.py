@@ -22,11 +22,10 @@ tests/test_quantize.py):
   whose saturation does the clipping: 6.07 -> 5.05 ms, cosine to fp32 unchanged (0.9774 -> 0.9777).
 * Percentile calibration (each activation's range cut at the 99.99th percentile of its histogram)
   over photos that go through ``Embedder.preprocess``, the exact preprocessing of build and query.
-  MinMax let a few
-  outlier activations stretch the ranges: on the 160 px model ``e125`` (validation photos against the
-  train gallery) recall@1 fell from 0.561 (fp32) to 0.507 and MAP@R from 0.405 to 0.362 with MinMax on
-  200 photos (500 photos: 0.514, 0.372; leaving the stem or the tail in fp32 did not help), against
-  0.554 and 0.393 with the percentile on 64 photos. onnxruntime keeps every calibration output in
+  MinMax let a few outlier activations stretch the ranges: on the 160 px model ``e125`` (validation
+  photos against the train gallery) recall@1 fell from 0.561 (fp32) to 0.507 and MAP@R from 0.405 to
+  0.362 with MinMax on 200 photos (500 photos: 0.514, 0.372; leaving the stem or the tail in fp32 did
+  not help), against 0.554 and 0.393 with the percentile on 64 photos. onnxruntime keeps every calibration output in
   memory for the histograms (3.1 GB peak for 64 photos at 160 px, 5.9 GB for 128), hence 64 photos
   by default (``shitu quantize --images``).
 
@@ -168,8 +167,8 @@ def quantize_model(model: str | Path, out: str | Path, calibration: list[Gallery
         graph = onnx.load(str(quantized))
         gates = integer_hard_sigmoid(graph)
         settings = {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
-                    "reduce_range": reduce_range, "calibration": f"percentile {PERCENTILE}", "images": reader.used,
-                    "integer_hard_sigmoid": gates}
+                    "reduce_range": reduce_range, "calibration": f"percentile {PERCENTILE}",
+                    "images": reader.used, "integer_hard_sigmoid": gates}
         write_with_metadata(graph, out, int8_metadata(metadata, report.version, settings))
     report.int8_bytes = out.stat().st_size
     return report
@@ -200,8 +199,8 @@ def integer_hard_sigmoid(model: onnx.ModelProto) -> int:
 
     HardSigmoid is ``clip(alpha * x + beta, 0, 1)`` = ``alpha * clip(x + beta / alpha, 0, 1 / alpha)``.
     The node becomes ``x + beta / alpha`` (the constant as a dequantized uint8), and the QuantizeLinear
-    after it gets its scale divided by ``alpha``: its uint8 codes are then exactly those of the gate
-    under the old scale, which the DequantizeLinear nodes reading it still use, and uint8 saturation
+    after it gets its scale divided by ``alpha``: its uint8 codes are then those of the gate under the
+    old scale (to one unit of rounding), which the DequantizeLinear nodes reading it still use, and uint8 saturation
     clips to [0, 1]: the gate's calibrated range starts at 0, so its zero point is 0 (checked).
     onnxruntime fuses DequantizeLinear -> Add -> QuantizeLinear into one QLinearAdd. A gate that is
     not followed by a single QuantizeLinear alone is left as it is.
