@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 
 from cli import app  # noqa: E402
 from shitu.build import build_index  # noqa: E402
@@ -78,8 +78,6 @@ def tiny_shitu_onnx(folder: Path) -> Path:
 
 def write_shitu_onnx(network: torch.nn.Module, path: Path, embedding_size: int) -> Path:
     """Export ``network`` at ``SIZE`` with the metadata ``Embedder`` requires."""
-    import onnx
-
     torch.onnx.export(network.eval(), (torch.zeros(2, 3, SIZE, SIZE),), str(path), input_names=["images"],
                       output_names=["embeddings"], opset_version=17, dynamo=False,
                       dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
@@ -114,8 +112,6 @@ def test_int8_model_loads_with_the_fp32_metadata(fp32_model, int8_model):
     assert settings["reduce_range"] is True
     # 28 h-swish activations and 2 squeeze-excite gates, all rewritten to int8 Adds
     assert settings["integer_hard_sigmoid"] == 30
-    import onnx
-
     assert "HardSigmoid" not in {node.op_type for node in onnx.load(str(int8_model)).graph.node}
     for key in ("shitu.model_name", "shitu.embedding_size", "shitu.input_size", "shitu.mean", "shitu.std",
                 "shitu.scale"):
@@ -188,7 +184,6 @@ def test_calibration_takes_labels_in_turn():
 
 def gate_graph(scale: float, zero_point: int, alpha: float = 1 / 6, beta: float = 0.5):
     """uint8 codes -> DequantizeLinear -> HardSigmoid -> QuantizeLinear(1/255, 0): one quantized gate."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     constants = [numpy_helper.from_array(np.array(v, dtype), name) for v, dtype, name in [
@@ -204,7 +199,6 @@ def gate_graph(scale: float, zero_point: int, alpha: float = 1 / 6, beta: float 
 
 def run_gate(model, tmp_path: Path, name: str) -> tuple[np.ndarray, set[str]]:
     """The gate's output for every uint8 code, and the operators onnxruntime actually ran."""
-    import onnx
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -231,8 +225,6 @@ def test_integer_hard_sigmoid_gives_the_float_gates_codes(tmp_path, scale, zero_
 
 def test_integer_hard_sigmoid_leaves_a_gate_it_cannot_rewrite():
     model = gate_graph(0.05, 128)
-    from onnx import numpy_helper
-
-    model.graph.initializer[3].CopyFrom(numpy_helper.from_array(np.array(7, np.uint8), "gate_zero"))
+    model.graph.initializer[3].CopyFrom(onnx.numpy_helper.from_array(np.array(7, np.uint8), "gate_zero"))
     assert integer_hard_sigmoid(model) == 0  # zero point 7: saturation would not clip at 0
     assert [node.op_type for node in model.graph.node] == ["DequantizeLinear", "HardSigmoid", "QuantizeLinear"]
