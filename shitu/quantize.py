@@ -25,9 +25,9 @@ tests/test_quantize.py):
   MinMax let a few outlier activations stretch the ranges: on the 160 px model ``e125`` (validation
   photos against the train gallery) recall@1 fell from 0.561 (fp32) to 0.507 and MAP@R from 0.405 to
   0.362 with MinMax on 200 photos (500 photos: 0.514, 0.372; leaving the stem or the tail in fp32 did
-  not help), against 0.554 and 0.393 with the percentile on 64 photos. onnxruntime keeps every calibration output in
-  memory for the histograms (3.1 GB peak for 64 photos at 160 px, 5.9 GB for 128), hence 64 photos
-  by default (``shitu quantize --images``).
+  not help), against 0.554 and 0.393 with the percentile on 64 photos. onnxruntime keeps every
+  calibration output in memory for the histograms (3.1 GB peak for 64 photos at 160 px, 5.9 GB for
+  128), hence 64 photos by default (``shitu quantize --images``).
 
 The int8 file keeps the ``shitu.*`` metadata with a new version (``<fp32 version>-int8``) and
 ``shitu.quantized = int8``; being another file it has another sha256, so an index built with the fp32
@@ -200,8 +200,9 @@ def integer_hard_sigmoid(model: onnx.ModelProto) -> int:
     HardSigmoid is ``clip(alpha * x + beta, 0, 1)`` = ``alpha * clip(x + beta / alpha, 0, 1 / alpha)``.
     The node becomes ``x + beta / alpha`` (the constant as a dequantized uint8), and the QuantizeLinear
     after it gets its scale divided by ``alpha``: its uint8 codes are then those of the gate under the
-    old scale (to one unit of rounding), which the DequantizeLinear nodes reading it still use, and uint8 saturation
-    clips to [0, 1]: the gate's calibrated range starts at 0, so its zero point is 0 (checked).
+    old scale (to one unit of rounding), which the DequantizeLinear nodes reading it still use, and
+    uint8 saturation clips to [0, 1]: the gate's calibrated range starts at 0, so its zero point is 0
+    (checked).
     onnxruntime fuses DequantizeLinear -> Add -> QuantizeLinear into one QLinearAdd. A gate that is
     not followed by a single QuantizeLinear alone is left as it is.
     """
@@ -221,17 +222,17 @@ def integer_hard_sigmoid(model: onnx.ModelProto) -> int:
         prefix = f"{node.name or node.output[0]}_int8"
         quantize = after[0]
         old_scale = float(numpy_helper.to_array(initializers[quantize.input[1]]))
-        graph.initializer.extend([
-            numpy_helper.from_array(np.array(255, np.uint8), f"{prefix}_shift_q"),
-            numpy_helper.from_array(np.array(beta / alpha / 255, np.float32), f"{prefix}_shift_scale"),
-            numpy_helper.from_array(np.array(0, np.uint8), f"{prefix}_shift_zero_point"),
-            numpy_helper.from_array(np.array(old_scale / alpha, np.float32), f"{prefix}_gate_scale"),
-        ])
+        constants = {f"{prefix}_shift_q": np.array(255, np.uint8),  # 255 * scale = beta / alpha
+                     f"{prefix}_shift_scale": np.array(beta / alpha / 255, np.float32),
+                     f"{prefix}_shift_zero_point": np.array(0, np.uint8),
+                     f"{prefix}_gate_scale": np.array(old_scale / alpha, np.float32)}
+        graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
         quantize.input[1] = f"{prefix}_gate_scale"
-        shift = helper.make_node("DequantizeLinear", [f"{prefix}_shift_q", f"{prefix}_shift_scale",
-                                                      f"{prefix}_shift_zero_point"], [f"{prefix}_shift"],
+        shift_inputs = list(constants)[:3]
+        shift = helper.make_node("DequantizeLinear", shift_inputs, [f"{prefix}_shift"],
                                  name=f"{prefix}_shift")
-        add = helper.make_node("Add", [node.input[0], f"{prefix}_shift"], [node.output[0]], name=f"{prefix}_add")
+        add = helper.make_node("Add", [node.input[0], f"{prefix}_shift"], [node.output[0]],
+                               name=f"{prefix}_add")
         del graph.node[position]
         graph.node.insert(position, add)
         graph.node.insert(position, shift)

@@ -192,8 +192,9 @@ def gate_graph(scale: float, zero_point: int, alpha: float = 1 / 6, beta: float 
     nodes = [helper.make_node("DequantizeLinear", ["codes", "x_scale", "x_zero"], ["x"]),
              helper.make_node("HardSigmoid", ["x"], ["gate"], alpha=alpha, beta=beta),
              helper.make_node("QuantizeLinear", ["gate", "gate_scale", "gate_zero"], ["gate_codes"])]
-    graph = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("codes", TensorProto.UINT8, [256])],
-                              [helper.make_tensor_value_info("gate_codes", TensorProto.UINT8, [256])], constants)
+    codes_in = helper.make_tensor_value_info("codes", TensorProto.UINT8, [256])
+    codes_out = helper.make_tensor_value_info("gate_codes", TensorProto.UINT8, [256])
+    graph = helper.make_graph(nodes, "gate", [codes_in], [codes_out], constants)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -205,13 +206,16 @@ def run_gate(model, tmp_path: Path, name: str) -> tuple[np.ndarray, set[str]]:
     options.optimized_model_filepath = str(tmp_path / f"{name}.optimized.onnx")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     codes = session.run(None, {"codes": np.arange(256, dtype=np.uint8)})[0]
-    return codes.astype(int), {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+    operators = {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+    return codes.astype(int), operators
 
 
-@pytest.mark.parametrize("scale, zero_point", [(0.05, 128), (0.03, 40), (0.1, 200)])  # both ends, top only, both
+# input ranges that reach both clipping ends, the top one only, both
+@pytest.mark.parametrize("scale, zero_point", [(0.05, 128), (0.03, 40), (0.1, 200)])
 def test_integer_hard_sigmoid_gives_the_float_gates_codes(tmp_path, scale, zero_point):
     float_gate = gate_graph(scale, zero_point)
-    expected = np.clip(np.round(np.clip((scale * (np.arange(256) - zero_point)) / 6 + 0.5, 0, 1) * 255), 0, 255)
+    x = scale * (np.arange(256) - zero_point)
+    expected = np.round(np.clip(x / 6 + 0.5, 0, 1) * 255)
     before, _ = run_gate(float_gate, tmp_path, "before")
     assert np.abs(before - expected).max() <= 1
     rewritten = gate_graph(scale, zero_point)
@@ -219,12 +223,12 @@ def test_integer_hard_sigmoid_gives_the_float_gates_codes(tmp_path, scale, zero_
     after, operators = run_gate(rewritten, tmp_path, "after")
     assert "QLinearAdd" in operators and "HardSigmoid" not in operators  # the gate runs in int8
     assert np.abs(after - expected).max() <= 1  # one code of rounding at most
-    x = scale * (np.arange(256) - zero_point)
-    assert (after[x <= -3] == 0).all() and (after[x >= 3] == 255).all()  # saturation clips as the gate does
+    assert (after[x <= -3] == 0).all() and (after[x >= 3] == 255).all()  # saturation clips like the gate
 
 
 def test_integer_hard_sigmoid_leaves_a_gate_it_cannot_rewrite():
     model = gate_graph(0.05, 128)
     model.graph.initializer[3].CopyFrom(onnx.numpy_helper.from_array(np.array(7, np.uint8), "gate_zero"))
     assert integer_hard_sigmoid(model) == 0  # zero point 7: saturation would not clip at 0
-    assert [node.op_type for node in model.graph.node] == ["DequantizeLinear", "HardSigmoid", "QuantizeLinear"]
+    operators = [node.op_type for node in model.graph.node]
+    assert operators == ["DequantizeLinear", "HardSigmoid", "QuantizeLinear"]
