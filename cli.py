@@ -151,7 +151,8 @@ def export(
                                              "run's last training resolution; 224 with --teacher)."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help="Re-measure batch-norm statistics at "
                                      "the input side on the run's training images."),
-    name: str = typer.Option("PPLCNet_x2_5_shitu", "--name", help="Model name stored in the metadata."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name stored in the metadata (default: "
+                                       "PPLCNet_x2_5_shitu, or BACKBONE_shitu for a teacher run)."),
     version: Optional[str] = typer.Option(None, "--version", help="Model version (default: epochN)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Instead of a checkpoint: export an "
                                           "ImageNet teacher's features (efficientnet_lite0 or _lite2), "
@@ -184,8 +185,10 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr"),
     size: Optional[int] = typer.Option(None, "--size", min=32, help="Train at this image side throughout "
                                        "(resolutions = [[0, N]]); the shipped model was trained at 160."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="efficientnet_lite0, efficientnet_lite2 "
-                                          "or '' for none."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="efficientnet_lite0, efficientnet_lite2, "
+                                          "a fine-tuned teacher's checkpoint (.pt), or '' for none."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="pplcnet (the shipped network), or "
+                                           "efficientnet_lite0/_lite2 to fine-tune a teacher."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from another run's checkpoint "
@@ -204,7 +207,7 @@ def train(
 
     overrides = dict(data=str(data), lists=[str(p) for p in list_files] if list_files else None,
                      val_list=val_list, val_gallery_list=val_gallery_list, epochs=epochs, lr=lr,
-                     teacher=teacher, seed=seed, init_from=init_from,
+                     teacher=teacher, backbone=backbone, seed=seed, init_from=init_from,
                      resolutions=[[0, size]] if size else None)
     trainer = Trainer(load_config(config, overrides), out, device, quiet)
     if resume:

@@ -43,7 +43,7 @@ def load_checkpoint_model(checkpoint: Path) -> tuple[nn.Module, TrainConfig, int
     return model.eval(), config, state["epoch"] + 1
 
 
-def export_onnx(checkpoint: Path, out: Path, name: str = "PPLCNet_x2_5_shitu", version: str | None = None,
+def export_onnx(checkpoint: Path, out: Path, name: str | None = None, version: str | None = None,
                 input_size: int | None = None, recalibrate: bool = False) -> Path:
     """Write ``out`` (atomically) from ``checkpoint``; returns the path.
 
@@ -56,11 +56,12 @@ def export_onnx(checkpoint: Path, out: Path, name: str = "PPLCNet_x2_5_shitu", v
     if recalibrate:
         calibrate_on_training_data(model, config, size)
     metadata = {
-        "shitu.model_name": name,
+        "shitu.model_name": name or ("PPLCNet_x2_5_shitu" if config.backbone == "pplcnet"
+                                     else f"{config.backbone}_shitu"),
         "shitu.model_version": version or f"epoch{epochs}",
         "shitu.embedding_size": str(config.embedding_size),
         "shitu.input_size": str(size),
-        "shitu.scale": str(config.scale),
+        **({"shitu.scale": str(config.scale)} if config.backbone == "pplcnet" else {}),
     }
     return write_onnx(Normalized(model).eval(), Path(out), size, metadata)
 

@@ -10,6 +10,9 @@ from pathlib import Path
 from shitu.errors import ShituError
 
 
+BACKBONES = ("pplcnet", "efficientnet_lite0", "efficientnet_lite2")
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a run; CLI flags override fields by name."""
@@ -22,6 +25,8 @@ class TrainConfig:
     batch_classes: int = 16
     batch_per_class: int = 4
     resolutions: list[list[int]] = field(default_factory=lambda: [[0, 128]])
+    backbone: str = "pplcnet"  # or efficientnet_lite0 / _lite2: fine-tune a teacher (see nn/teacher.py)
+    frozen_blocks: int = 0  # efficientnet backbones: if > 0, keep the stem and this many blocks at ImageNet's
     scale: float = 2.5
     embedding_size: int = 512
     bn_neck: bool = True
@@ -67,6 +72,9 @@ class TrainConfig:
             (bool(self.resolutions) and min(s for _, s in self.resolutions) >= 32
              and min(e for e, _ in self.resolutions) == 0,
              "resolutions must start at epoch 0 with sizes >= 32, e.g. [[0, 128], [20, 224]]"),
+            (self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}"),
+            (self.frozen_blocks == 0 or self.backbone != "pplcnet",
+             "frozen_blocks needs an efficientnet backbone"),
             (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
             (self.amp in ("auto", "off", "fp16", "bf16"), "amp must be auto, off, fp16 or bf16"),
             (self.distill_kind in ("cosine", "relational"), "distill_kind must be cosine or relational"),

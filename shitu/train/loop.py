@@ -52,8 +52,12 @@ CALIBRATION_IMAGES = 512
 
 @torch.no_grad()
 def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]):
-    """Replace every batch norm's running statistics by their exact average over ``batches``."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """Replace every trained batch norm's running statistics by their exact average over ``batches``.
+
+    Frozen ones (no trainable affine weights: the ImageNet stem of an EfficientNet teacher) keep theirs.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and (m.weight is None or m.weight.requires_grad)]
     model.eval()
     for norm in norms:
         norm.reset_running_stats()
@@ -99,8 +103,13 @@ def best_weights(state: dict) -> dict:
     return state["ema"] if state.get("ema") is not None else state["model"]
 
 
-def build_model(config: TrainConfig) -> EmbeddingNet:
-    """The embedding network a config describes."""
+def build_model(config: TrainConfig) -> nn.Module:
+    """The embedding network a config describes: PP-LCNet, or an EfficientNet-Lite teacher to fine-tune."""
+    if config.backbone != "pplcnet":
+        from shitu.nn.teacher import LiteEmbeddingNet
+
+        return LiteEmbeddingNet(config.backbone, config.embedding_size, config.bn_neck, config.dropout,
+                                config.frozen_blocks)
     return EmbeddingNet(config.scale, config.embedding_size, config.bn_neck, config.dropout)
 
 
@@ -192,7 +201,9 @@ class Trainer:
     def make_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
         for module in self.trainable():
-            for name, parameter in module.named_parameters():
+            for parameter in module.parameters():
+                if not parameter.requires_grad:
+                    continue
                 (no_decay if parameter.ndim <= 1 else decay).append(parameter)
         groups = [{"params": decay, "weight_decay": self.config.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
@@ -242,12 +253,16 @@ class Trainer:
         """Start from another run's weights (its EMA when it has one) or from an exported ONNX model.
 
         The head comes along only from a checkpoint with the same labels, the distillation projection
-        only from a checkpoint; what is missing is fitted to the loaded network (``fit_missing_parts``).
+        only from a checkpoint with the same teacher; what is missing is fitted to the loaded network
+        (``fit_missing_parts``).
         """
         path = resolve_model(source)
         size = self.config.resolution_at(0)
         if path.suffix == ".onnx":
             from shitu.nn.from_onnx import load_onnx_into
+
+            if self.config.backbone != "pplcnet":
+                raise ShituError(f"init_from an ONNX model needs backbone = pplcnet, not {self.config.backbone}")
 
             images = self.cache(self.items, size, "calibration")
             load_onnx_into(self.model, path, calibration_batches(images, self.config.seed, self.device))
@@ -265,7 +280,9 @@ class Trainer:
         same_labels = state.get("labels") == self.label_names
         if same_labels:
             self.head.load_state_dict(state["head"])
-        has_projection = self.projection is not None and state.get("projection") is not None
+        # A projection maps onto one teacher's features: it comes along only from a run with that teacher.
+        has_projection = (self.projection is not None and state.get("projection") is not None
+                          and state["config"].get("teacher") == self.config.teacher)
         if has_projection:
             self.projection.load_state_dict(state["projection"])
         self.fit_missing_parts(size, head=not same_labels, projection=not has_projection)
@@ -370,7 +387,7 @@ class Trainer:
         return metrics
 
     # -- validation ------------------------------------------------------------------------------
-    def eval_model(self, size: int) -> EmbeddingNet:
+    def eval_model(self, size: int) -> nn.Module:
         """The weights to evaluate and export (the EMA when there is one), batch norm recalibrated.
 
         Running statistics lag behind the weights early on, and EMA-averaged statistics never match the
