@@ -1,14 +1,12 @@
 """A teacher fine-tuned on the products: trained with --backbone efficientnet_lite0, then used by --teacher."""
 
-import json
-
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 
 from shitu.errors import ShituError  # noqa: E402
-from shitu.nn.export import load_checkpoint_model  # noqa: E402
+from shitu.nn.export import export_onnx, load_checkpoint_model  # noqa: E402
 from shitu.train.augment import normalize  # noqa: E402
 from tests.test_from_onnx import trainer  # noqa: E402
 
@@ -36,7 +34,23 @@ def test_frozen_blocks_keep_imagenet_weights_and_statistics(teacher_run):
     assert any("running_mean" in k for k in frozen) and trained
     assert all(torch.equal(before[k], after[k]) for k in frozen)  # weights and batch-norm statistics
     assert all(not torch.equal(before[k], after[k]) for k in trained)
-    assert "val_recall@1" not in json.loads((run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_teacher_run_exports_and_runs_in_onnxruntime(tmp_path, teacher_run):
+    import onnxruntime as ort
+
+    checkpoint = teacher_run[0].run_dir / "last.pt"
+    out = export_onnx(checkpoint, tmp_path / "teacher.onnx", input_size=64)
+    session = ort.InferenceSession(str(out))
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["shitu.model_name"] == "efficientnet_lite0_shitu" and "shitu.scale" not in meta
+    images = normalize(teacher_run[0].cache(teacher_run[0].items, 64, "calibration")[:8])
+    model, _, _ = load_checkpoint_model(checkpoint)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model(images)).numpy()
+    got = session.run(None, {"images": images.numpy()})[0]
+    assert (expected * got).sum(axis=1).min() > 0.9999
 
 
 @pytest.mark.slow
