@@ -30,7 +30,7 @@ class LiteFeatures(nn.Module):
     It takes images normalised with ImageNet mean/std and re-normalises them to the [-1, 1] range these
     TensorFlow-trained weights expect. With ``frozen_blocks`` > 0 the stem and that many blocks keep
     their ImageNet weights and batch-norm statistics: generic early features, and (5 blocks of
-    Lite0 at 160 px) half the backward cost.
+    Lite0 at 160 px) twice the training speed.
     """
 
     out_channels = 1280
