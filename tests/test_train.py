@@ -79,6 +79,22 @@ def test_train_resume_export_and_improve(tmp_path):
     assert separation(trained) > separation(untrained) + 0.05
 
 
+@pytest.mark.slow
+def test_val_every_skips_validation_but_still_checkpoints(tmp_path):
+    val = tmp_path / "val.txt"  # leave-one-out recall@1 within the demo gallery
+    val.write_text("".join(f"{item.path.relative_to(DEMO)}\t{item.label}\n" for item in read_gallery(DEMO)))
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY + f'val_list = "{val}"\nval_every = 2\n')
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(DEMO), "--out", str(run), "--config", str(config),
+                                      "--epochs", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ["val_recall@1" in row for row in log] == [False, True, True]  # epoch 2, then the last
+    assert torch.load(run / "best.pt", weights_only=False)["epoch"] in (1, 2)
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 2
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["train", str(DEMO), "--out", str(tmp_path / "r"), "--teacher", "",
                                       "--resume"])

@@ -415,10 +415,9 @@ class Trainer:
         model.eval()
         return F.normalize(self.forward_in_batches(model, images)).cpu().numpy()
 
-    def validate(self, size: int) -> float | None:
+    def validate(self, model: nn.Module, size: int) -> float | None:
         """recall@1 of ``val`` queries against ``val_gallery`` (or leave-one-out within ``val``)."""
         c = self.config
-        model = self.eval_model(size)
         if not c.val_list:
             return None
         queries = read_records(c.data, [c.val_list])
@@ -453,8 +452,10 @@ class Trainer:
             leave(self.world)
 
     def finish_epoch(self, epoch: int, metrics: dict):
-        """Validate, checkpoint, log and plot one finished epoch."""
-        recall = self.validate(metrics["size"])
+        """Validate (every ``val_every`` epochs and after the last), checkpoint, log and plot one epoch."""
+        model = self.eval_model(metrics["size"])  # also recalibrates the checkpoint's batch norm
+        due = (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.config.epochs
+        recall = self.validate(model, metrics["size"]) if due else None
         if recall is not None:
             metrics["val_recall@1"] = recall
         state = self.checkpoint(epoch, metrics)
@@ -487,8 +488,9 @@ def plot_curves(run_dir: Path):
     axes[0].legend()
     axes[1].plot(epochs, [r["lr"] for r in rows])
     axes[1].set_title("learning rate")
-    if "val_recall@1" in rows[-1]:
-        axes[2].plot(epochs, [r.get("val_recall@1") for r in rows], marker="o")
+    validated = [r for r in rows if "val_recall@1" in r]
+    if validated:
+        axes[2].plot([r["epoch"] for r in validated], [r["val_recall@1"] for r in validated], marker="o")
     axes[2].set_title("val recall@1")
     for axis in axes:
         axis.set_xlabel("epoch")
