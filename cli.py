@@ -210,6 +210,12 @@ def train(
                      teacher=teacher, backbone=backbone, seed=seed, init_from=init_from,
                      resolutions=[[0, size]] if size else None)
     trainer = Trainer(load_config(config, overrides), out, device, quiet)
+    if trainer.device.type == "cpu" and trainer.world.main and not quiet:
+        from shitu.train.allocator import allocator_hint
+
+        hint = allocator_hint()
+        if hint:
+            note(hint)
     if resume:
         trainer.resume()
     final = trainer.fit()

@@ -78,3 +78,15 @@ def test_search(tmp_path):
     assert rows[("Flat", "exact")]["recall_at_1"] == 1.0
     assert {factory for factory, _ in rows} == {"Flat", "HNSW32", "IVF126,Flat", "IVF126,PQ8x4"}
     assert all(0 <= r["recall_at_1"] <= 1 and r["bytes"] > 0 for r in rows.values())
+
+
+@pytest.mark.slow
+def test_train_speed(tmp_path):
+    pytest.importorskip("torch")
+    _, data = bench("train_speed", tmp_path)
+    results = {r["allocator"]: r for r in data["results"]}
+    assert "glibc malloc" in results  # jemalloc and tcmalloc appear where they are installed
+    assert all(r["library"] for name, r in results.items() if name != "glibc malloc")
+    # quick: one worker per allocator, 2 timed steps of 2 classes x 4 photos
+    assert all(r["batch"] == 8 and len(r["seconds_per_step"]) == 2 for r in results.values())
+    assert all(r["images_per_second"]["median"] > 0 and r["minor_faults_per_step"] > 0 for r in results.values())

@@ -346,6 +346,26 @@ class Trainer:
                 parts["distill"] = relational_distillation(embeddings, target) * c.distill_weight
         return parts
 
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, size: int, epoch: int, lr: float):
+        """One optimizer step on a batch of uint8 cache crops: augment, losses, backward, update, EMA."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = augment(images.to(self.device), size, self.config, self.generator)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            parts = self.losses(x, labels.to(self.device), epoch)
+        loss = sum(parts.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_([p for m in self.trainable() for p in m.parameters()], 5.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model)
+        return loss, parts
+
     def train_epoch(self, epoch: int) -> dict:
         c, size = self.config, self.config.resolution_at(epoch)
         images = self.cache(self.items, round(size * 1.25), "train")
@@ -360,23 +380,8 @@ class Trainer:
             for step, batch in enumerate(self.sampler.epoch(epoch)):
                 global_step = epoch * steps + step
                 lr = learning_rate(c, global_step, total, c.warmup_epochs * steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
                 local = shard(batch, c.batch_per_class, self.world)
-                x = augment(images[local].to(self.device), size, c, self.generator)
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
-                    parts = self.losses(x, labels[local].to(self.device), epoch)
-                loss = sum(parts.values())
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_([p for m in self.trainable() for p in m.parameters()], 5.0)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self.ema:
-                    self.ema.update(self.model)
+                loss, parts = self.train_step(images[local], labels[local], size, epoch, lr)
                 for name, value in {"loss": loss, **parts}.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 bar.advance(f"loss {float(loss.detach()):.3f}")
