@@ -75,3 +75,16 @@ def augment(images_uint8: torch.Tensor, size: int, config, generator: torch.Gene
     x = color_jitter(x, config.color_jitter, generator)
     x = random_erase(x, config.erase_prob, generator)
     return (x - MEAN.to(x.device)) / STD.to(x.device)
+
+
+def fixed_views(images_uint8: torch.Tensor, keys: list[int], size: int, config) -> torch.Tensor:
+    """Like ``augment``, but image j's random view is fully determined by ``keys[j]``.
+
+    With a view drawn from a fixed few per image, the teacher's features of each view can be computed
+    once and reused (``teacher_views``).
+    """
+    views = []
+    for j, key in enumerate(keys):
+        generator = torch.Generator().manual_seed(int(key))
+        views.append(augment(images_uint8[j:j + 1], size, config, generator))
+    return torch.cat(views)

@@ -42,6 +42,7 @@ class TrainConfig:
     teacher: str = "efficientnet_lite0"
     distill_weight: float = 2.0
     distill_kind: str = "cosine"
+    teacher_views: int = 0  # > 0: this many fixed augmented views per image, teacher features cached
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -69,6 +70,7 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.val_every >= 1, "val_every must be >= 1"),
+            (self.teacher_views >= 0, "teacher_views must be >= 0 (0: a fresh random view every time)"),
             (self.batch_classes >= 2 and self.batch_per_class >= 2,
              "batch_classes and batch_per_class must be >= 2 (triplets need positives and negatives)"),
             (bool(self.resolutions) and min(s for _, s in self.resolutions) >= 32

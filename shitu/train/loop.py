@@ -21,7 +21,7 @@ from shitu.metrics import evaluate
 from shitu.nn.heads import ArcMarginHead
 from shitu.nn.lcnet import EmbeddingNet
 from shitu.nn.losses import cosine_distillation, relational_distillation, triplet_angular_margin
-from shitu.train.augment import augment, normalize
+from shitu.train.augment import augment, fixed_views, normalize
 from shitu.train.config import TrainConfig, to_toml
 from shitu.train.data import PKSampler, decode_all, read_records
 from shitu.train.distributed import check_batch, check_in_sync, join, leave, mean_over_ranks, shard
@@ -181,6 +181,7 @@ class Trainer:
             self.teacher = Teacher(config.teacher).to(self.device, memory_format=torch.channels_last)
             self.projection = nn.Linear(config.embedding_size, self.teacher.feature_size).to(self.device)
         self.caches = {}
+        self.teacher_cache = {}  # size -> (features [images, views, dim], filled [images, views])
         if config.init_from:
             self.load_initial_weights(config.init_from)
         self.step_module = StudentStep(self.model, self.head, self.projection)
@@ -323,8 +324,8 @@ class Trainer:
         return self.caches[(key, side)]
 
     # -- one epoch -----------------------------------------------------------------------------
-    def losses(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> dict:
-        """The weighted loss terms of one batch.
+    def losses(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, target=None) -> dict:
+        """The weighted loss terms of one batch (``target``: the teacher's features, if already known).
 
         ArcMargin and triplet losses start at ``metric_start_epoch``: from random weights they fight the
         distillation signal early on (measured: lower recall after the same number of steps).
@@ -338,7 +339,7 @@ class Trainer:
         if metric_on and c.triplet_weight > 0:
             parts["triplet"] = triplet_angular_margin(embeddings, labels, c.triplet_margin) * c.triplet_weight
         if self.teacher is not None:
-            target = self.teacher(images).float()
+            target = self.teacher(images).float() if target is None else target
             if c.distill_kind == "cosine":
                 parts["distill"] = cosine_distillation(projected - projected.mean(0), target - target.mean(0)) \
                     * c.distill_weight
@@ -346,15 +347,27 @@ class Trainer:
                 parts["distill"] = relational_distillation(embeddings, target) * c.distill_weight
         return parts
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, size: int, epoch: int, lr: float):
-        """One optimizer step on a batch of uint8 cache crops: augment, losses, backward, update, EMA."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, size: int, epoch: int, lr: float,
+                   indices=None):
+        """One optimizer step on a batch of uint8 cache crops: augment, losses, backward, update, EMA.
+
+        With ``teacher_views``, ``indices`` (the images' positions in the training set) pick the cache.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x = augment(images.to(self.device), size, self.config, self.generator)
+        cached = self.config.teacher_views > 0 and self.teacher is not None
+        if cached:
+            indices = torch.as_tensor(indices)
+            views = torch.randint(self.config.teacher_views, (len(indices),), generator=self.generator)
+            keys = [self.view_key(int(i), int(v)) for i, v in zip(indices, views)]
+            x = fixed_views(images.to(self.device), keys, size, self.config)
+        else:
+            x = augment(images.to(self.device), size, self.config, self.generator)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            parts = self.losses(x, labels.to(self.device), epoch)
+            target = self.cached_teacher_features(x, indices, views, size) if cached else None
+            parts = self.losses(x, labels.to(self.device), epoch, target)
         loss = sum(parts.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -365,6 +378,26 @@ class Trainer:
         if self.ema:
             self.ema.update(self.model)
         return loss, parts
+
+    def view_key(self, index: int, view: int) -> int:
+        """The seed of fixed view ``view`` of training image ``index`` (``teacher_views``)."""
+        return self.config.seed * 1_000_000_007 + index * self.config.teacher_views + view
+
+    @torch.no_grad()
+    def cached_teacher_features(self, x: torch.Tensor, indices: torch.Tensor, views: torch.Tensor,
+                                size: int) -> torch.Tensor:
+        """The teacher's features of fixed views: computed on a view's first use, then kept (on the CPU)."""
+        if size not in self.teacher_cache:
+            shape = (len(self.items), self.config.teacher_views)
+            self.teacher_cache[size] = (torch.zeros(*shape, self.teacher.feature_size),
+                                        torch.zeros(shape, dtype=torch.bool))
+        features, filled = self.teacher_cache[size]
+        missing = ~filled[indices, views]
+        if missing.any():
+            new = self.teacher(x[missing.to(x.device)]).float().cpu()
+            features[indices[missing], views[missing]] = new
+            filled[indices[missing], views[missing]] = True
+        return features[indices, views].to(x.device)
 
     def train_epoch(self, epoch: int) -> dict:
         c, size = self.config, self.config.resolution_at(epoch)
@@ -381,7 +414,7 @@ class Trainer:
                 global_step = epoch * steps + step
                 lr = learning_rate(c, global_step, total, c.warmup_epochs * steps)
                 local = shard(batch, c.batch_per_class, self.world)
-                loss, parts = self.train_step(images[local], labels[local], size, epoch, lr)
+                loss, parts = self.train_step(images[local], labels[local], size, epoch, lr, local)
                 for name, value in {"loss": loss, **parts}.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 bar.advance(f"loss {float(loss.detach()):.3f}")
