@@ -84,9 +84,10 @@ def test_search(tmp_path):
 def test_train_speed(tmp_path):
     pytest.importorskip("torch")
     _, data = bench("train_speed", tmp_path)
-    results = {r["allocator"]: r for r in data["results"]}
+    results = {r["peer"]: r for r in data["results"]}
     assert "glibc malloc" in results  # jemalloc and tcmalloc appear where they are installed
     assert all(r["library"] for name, r in results.items() if name != "glibc malloc")
+    assert [r["teacher_views"] for r in results.values()][-1] == 2  # quick: the last peer caches 2 views
     # quick: one worker per allocator, 2 timed steps of 2 classes x 4 photos
     assert all(r["batch"] == 8 and len(r["seconds_per_step"]) == 2 for r in results.values())
     assert all(r["images_per_second"]["median"] > 0 and r["minor_faults_per_step"] > 0 for r in results.values())
