@@ -42,9 +42,9 @@ def allocator_hint(environ=os.environ) -> str | None:
     if not sys.platform.startswith("linux") or preloaded_allocator(environ):
         return None
     library = find_allocator("tcmalloc_minimal") or find_allocator("tcmalloc")
-    measured = "it avoids ~170 000 page faults per step; 1.05x and 1.25x the steps per second in two runs of " \
-        "bench/train_speed.py on a 2-core AMD EPYC"
+    measured = ("bench/train_speed.py on a 2-core AMD EPYC: ~170 000 fewer page faults per step, 1.05x and 1.25x "
+                "the steps per second in two runs")
     if library:
-        return f"CPU training runs faster on tcmalloc: LD_PRELOAD={library} shitu train ... ({measured})"
-    return ("CPU training runs faster on tcmalloc: apt install libtcmalloc-minimal4, then "
+        return f"CPU training can run faster on tcmalloc: LD_PRELOAD={library} shitu train ... ({measured})"
+    return ("CPU training can run faster on tcmalloc: apt install libtcmalloc-minimal4, then "
             f"LD_PRELOAD=<its libtcmalloc_minimal.so.4> shitu train ... ({measured})")
