@@ -37,13 +37,12 @@ def prefill_teacher_cache(trainer, images, indices, size: int):
     """Every view of ``indices`` through the teacher once: the cache as it is after the first epochs."""
     import torch
 
-    from shitu.train.augment import fixed_views
-
     for start in range(0, len(indices), 32):
         chunk = torch.as_tensor(indices[start:start + 32])
         for view in range(trainer.config.teacher_views):
-            x = fixed_views(images[chunk], [trainer.view_key(int(i), view) for i in chunk], size, trainer.config)
-            trainer.cached_teacher_features(x, chunk, torch.full((len(chunk),), view), size)
+            views = torch.full((len(chunk),), view)
+            x = trainer.fixed_view_batch(images[chunk], chunk, views, size)
+            trainer.cached_teacher_features(x, chunk, views, size)
 
 
 def worker(data: Path, size: int, batch_classes: int, steps: int, warmup: int, teacher: str,

@@ -359,8 +359,7 @@ class Trainer:
         if cached:
             indices = torch.as_tensor(indices)
             views = torch.randint(self.config.teacher_views, (len(indices),), generator=self.generator)
-            keys = [self.view_key(int(i), int(v)) for i, v in zip(indices, views)]
-            x = fixed_views(images.to(self.device), keys, size, self.config)
+            x = self.fixed_view_batch(images, indices, views, size)
         else:
             x = augment(images.to(self.device), size, self.config, self.generator)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -382,6 +381,12 @@ class Trainer:
     def view_key(self, index: int, view: int) -> int:
         """The seed of fixed view ``view`` of training image ``index`` (``teacher_views``)."""
         return self.config.seed * 1_000_000_007 + index * self.config.teacher_views + view
+
+    def fixed_view_batch(self, images: torch.Tensor, indices: torch.Tensor, views: torch.Tensor,
+                         size: int) -> torch.Tensor:
+        """Fixed view ``views[j]`` of training image ``indices[j]``, for each uint8 cache crop ``images[j]``."""
+        keys = [self.view_key(int(i), int(v)) for i, v in zip(indices, views)]
+        return fixed_views(images.to(self.device), keys, size, self.config)
 
     @torch.no_grad()
     def cached_teacher_features(self, x: torch.Tensor, indices: torch.Tensor, views: torch.Tensor,
