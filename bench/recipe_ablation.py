@@ -155,6 +155,8 @@ def main(argv=None):
             network = trainer.eval_model(args.size).eval()
             results.append({"variant": name, "changes": VARIANTS[name], "train_seconds": round(seconds, 1),
                             **{s.name: s.recall(trainer, network, args.size) for s in splits}})
+            print(f"{name}: recall@1 seen {results[-1]['seen']:.3f}, held out {results[-1]['held out']:.3f}",
+                  file=sys.stderr)  # kept in the log if a long run is stopped before the table
         reference = Teacher(args.teacher).eval()
         results.append({"variant": f"{args.teacher} ImageNet features, untrained, {args.size} px", "changes": {},
                         "train_seconds": 0.0, **{s.name: s.recall(trainer, reference, args.size) for s in splits}})
@@ -169,7 +171,7 @@ def main(argv=None):
            {"settings": {k: str(v) for k, v in vars(args).items()}, "held_out_classes": sorted(held),
             "results": results},
            notes=["queries against the training photos of their own classes; "
-                  + ("leave-one-out (no val list)" if not queries else f"queries: {val_list}")])
+                  + (f"queries: {Path(val_list).name}" if queries else "leave-one-out (no val list)")])
 
 
 if __name__ == "__main__":
