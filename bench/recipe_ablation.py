@@ -48,21 +48,6 @@ def write_subset(items, labels: set[str], path: Path) -> str:
     return str(path)
 
 
-def recall_at_1(queries: list, query_vectors, gallery: list, gallery_vectors) -> float:
-    """recall@1 of queries against a gallery; leave-one-out when they are the same photos."""
-    import numpy as np
-
-    from shitu.metrics import evaluate
-
-    similarity = query_vectors @ gallery_vectors.T
-    same = queries is gallery
-    if same:
-        np.fill_diagonal(similarity, -np.inf)
-    ranked = [[gallery[j].label] for j in similarity.argmax(axis=1)]
-    return evaluate(ranked, [i.label for i in queries], [i.label for i in gallery], ["recall@1"],
-                    leave_one_out=same)["recall@1"]
-
-
 class Split:
     """The photos of one group of classes: the training photos (gallery) and the queries."""
 
@@ -71,14 +56,13 @@ class Split:
         self.queries = queries if queries else train  # no val list: leave-one-out among training photos
 
     def recall(self, trainer, network, size: int) -> float:
-        import torch.nn.functional as F
+        from shitu.metrics import recall_at_1_of_vectors
 
-        def vectors(items, key):
-            return F.normalize(trainer.forward_in_batches(network, trainer.cache(items, size, key))).numpy()
-
-        gallery = vectors(self.train, f"{self.name}-gallery")
-        queries = gallery if self.queries is self.train else vectors(self.queries, f"{self.name}-queries")
-        return recall_at_1(self.queries, queries, self.train, gallery)
+        same = self.queries is self.train
+        gallery = trainer.embed(network, trainer.cache(self.train, size, f"{self.name}-gallery"))
+        queries = gallery if same else trainer.embed(network, trainer.cache(self.queries, size, f"{self.name}-queries"))
+        return recall_at_1_of_vectors(queries, [i.label for i in self.queries], gallery,
+                                      [i.label for i in self.train], leave_one_out=same)
 
 
 def main(argv=None):
@@ -108,15 +92,12 @@ def main(argv=None):
                                     "variants": ["recipe", "no distillation"]})
     if not args.data.is_dir():
         sys.exit(f"data folder not found: {args.data} (the shared grocery photos, or pass a gallery folder)")
-    import torch
-
     from shitu.errors import ShituError
     from shitu.nn.teacher import Teacher
     from shitu.train.config import TrainConfig
     from shitu.train.data import read_records
     from shitu.train.loop import Trainer
 
-    torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         lists, val_list = args.lists, args.val_list
@@ -152,12 +133,12 @@ def main(argv=None):
             started = time.time()
             trainer.fit()
             seconds = time.time() - started
-            network = trainer.eval_model(args.size).eval()
+            network = trainer.eval_model(args.size)
             results.append({"variant": name, "changes": VARIANTS[name], "train_seconds": round(seconds, 1),
                             **{s.name: s.recall(trainer, network, args.size) for s in splits}})
             print(f"{name}: recall@1 seen {results[-1]['seen']:.3f}, held out {results[-1]['held out']:.3f}",
                   file=sys.stderr)  # kept in the log if a long run is stopped before the table
-        reference = Teacher(args.teacher).eval()
+        reference = Teacher(args.teacher)
         results.append({"variant": f"{args.teacher} ImageNet features, untrained, {args.size} px", "changes": {},
                         "train_seconds": 0.0, **{s.name: s.recall(trainer, reference, args.size) for s in splits}})
     rows = [[r["variant"], f"{r['seen']:.3f}", f"{r['held out']:.3f}", f"{r['train_seconds']:.0f}"]

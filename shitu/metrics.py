@@ -73,3 +73,16 @@ def evaluate(ranked_labels: list[list[str]], query_labels: list[str], gallery_la
     results["queries"] = int(keep.sum())
     results["lone_queries"] = int((~keep).sum())
     return results
+
+
+def recall_at_1_of_vectors(query_vectors: np.ndarray, query_labels: list[str], gallery_vectors: np.ndarray,
+                           gallery_labels: list[str], leave_one_out: bool = False) -> float:
+    """recall@1 by exact cosine search over L2-normalised vectors (training's validation, no index).
+
+    With ``leave_one_out`` the queries are the gallery itself and no photo may match itself.
+    """
+    similarity = query_vectors @ gallery_vectors.T
+    if leave_one_out:
+        np.fill_diagonal(similarity, -np.inf)
+    ranked = [[gallery_labels[j]] for j in similarity.argmax(axis=1)]
+    return evaluate(ranked, query_labels, gallery_labels, ["recall@1"], leave_one_out=leave_one_out)["recall@1"]

@@ -1,9 +1,10 @@
 """Retrieval metrics against answers worked out by hand."""
 
+import numpy as np
 import pytest
 
 from shitu.errors import ShituError
-from shitu.metrics import evaluate, parse_metric
+from shitu.metrics import evaluate, parse_metric, recall_at_1_of_vectors
 
 
 def test_recall_and_map_at_r_by_hand():
@@ -36,3 +37,13 @@ def test_bad_metric_names(bad):
 
 def test_metric_names_are_case_insensitive():
     assert parse_metric("Recall@5") == "recall@5" and parse_metric("MAP@R") == "map@r"
+
+
+def test_recall_at_1_of_vectors_never_matches_a_photo_with_itself():
+    # photos 0 and 1 are "a", 2 is "b"; photo 1's nearest other photo is 2 (a "b"), photo 2's is 1
+    vectors = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    labels = ["a", "a", "b"]
+    # b has no other member, so it is a lone query: a's two photos count, one right (0 -> 1), one wrong
+    assert recall_at_1_of_vectors(vectors, labels, vectors, labels, leave_one_out=True) == 0.5
+    assert recall_at_1_of_vectors(vectors[:1], ["a"], vectors[1:], ["a", "b"]) == 1.0
+

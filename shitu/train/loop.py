@@ -17,7 +17,7 @@ from torch import nn
 
 from shitu.embed import resolve_model
 from shitu.errors import ShituError
-from shitu.metrics import evaluate
+from shitu.metrics import recall_at_1_of_vectors
 from shitu.nn.heads import ArcMarginHead
 from shitu.nn.lcnet import EmbeddingNet
 from shitu.nn.losses import cosine_distillation, relational_distillation, triplet_angular_margin
@@ -467,14 +467,8 @@ class Trainer:
         gallery = read_records(c.data, [c.val_gallery_list]) if c.val_gallery_list else queries
         q = self.embed(model, self.cache(queries, size, "val"))
         g = q if gallery is queries else self.embed(model, self.cache(gallery, size, "val-gallery"))
-        similarity = q @ g.T
-        if gallery is queries:
-            np.fill_diagonal(similarity, -np.inf)
-        top = similarity.argmax(axis=1)
-        ranked = [[gallery[j].label] for j in top]
-        result = evaluate(ranked, [i.label for i in queries], [i.label for i in gallery], ["recall@1"],
-                          leave_one_out=gallery is queries)
-        return result["recall@1"]
+        return recall_at_1_of_vectors(q, [i.label for i in queries], g, [i.label for i in gallery],
+                                      leave_one_out=gallery is queries)
 
     # -- the run ---------------------------------------------------------------------------------
     def fit(self) -> dict:
