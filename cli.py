@@ -340,6 +340,32 @@ def check(
 # -- speed: int8 quantization (issue #4) -------------------------------------------------------------
 @app.command()
 @guarded
+def shrink(
+    data: Path = typer.Argument(..., help="Gallery folder, or the root of --list files."),
+    out: Path = typer.Option(..., "--out", help="Folder for the copy (outside DATA); same relative paths."),
+    side: int = typer.Option(280, "--side", min=32, help="Shorter side of the copies; 280 keeps all that "
+                             "training at 224 px uses. Smaller photos are copied unchanged."),
+    list_files: Optional[List[Path]] = typer.Option(None, "--list", help="Copy only the images of these list "
+                                                    "files (paths relative to DATA); repeatable."),
+    quiet: bool = QUIET,
+):
+    """Copy a photo collection at a smaller size, to move it to a training machine: list files and label
+    folders work unchanged with the copy as their root."""
+    from shitu.progress import Progress
+    from shitu.shrink import collection_items, shrink_collection
+
+    items = collection_items(data, list_files)
+    with Progress(len(items), f"shrinking to {side}px", quiet) as bar:
+        report = shrink_collection(data, items, out, side, bar.advance)
+    for reason in report.bad:
+        warn(f"skipped {reason}")
+    typer.echo(f"wrote {report.shrunk + report.copied} images to {out} ({report.shrunk} shrunk, {report.copied} "
+               f"copied unchanged, {len(report.bad)} unreadable skipped): {report.bytes_before / 1e6:.1f} MB "
+               f"-> {report.bytes_after / 1e6:.1f} MB", err=True)
+
+
+@app.command()
+@guarded
 def quantize(
     model: Path = typer.Argument(..., help="fp32 shitu ONNX model to quantize."),
     out: Path = typer.Option(..., "--out", help="int8 ONNX file to write."),
