@@ -345,6 +345,7 @@ def shrink(
     out: Path = typer.Option(..., "--out", help="Folder for the copy (outside DATA); same relative paths."),
     side: int = typer.Option(280, "--side", min=32, help="Shorter side of the copies; 280 keeps all that "
                              "training at 224 px uses. Smaller photos are copied unchanged."),
+    quality: int = typer.Option(85, "--quality", min=1, max=95, help="JPEG and WebP quality of the copies."),
     list_files: Optional[List[Path]] = typer.Option(None, "--list", help="Copy only the images of these list "
                                                     "files (paths relative to DATA); repeatable."),
     quiet: bool = QUIET,
@@ -352,11 +353,12 @@ def shrink(
     """Copy a photo collection at a smaller size, to move it to a training machine: list files and label
     folders work unchanged with the copy as their root."""
     from shitu.progress import Progress
-    from shitu.shrink import collection_items, shrink_collection
+    from shitu.shrink import check_destination, collection_items, shrink_collection
 
+    check_destination(data, out)
     items = collection_items(data, list_files)
     with Progress(len(items), f"shrinking to {side}px", quiet) as bar:
-        report = shrink_collection(data, items, out, side, bar.advance)
+        report = shrink_collection(data, items, out, side, quality, bar.advance)
     for reason in report.bad:
         warn(f"skipped {reason}")
     typer.echo(f"wrote {report.shrunk + report.copied} images to {out} ({report.shrunk} shrunk, {report.copied} "

@@ -20,7 +20,6 @@ from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem, read_gallery
 from shitu.imageio import load_rgb
 
-JPEG_QUALITY = 85
 
 
 @dataclass
@@ -32,27 +31,29 @@ class ShrinkReport:
     bytes_after: int = 0
 
 
-def shrink_file(source: Path, target: Path, side: int) -> bool:
+def shrink_file(source: Path, target: Path, side: int, quality: int = 85) -> bool:
     """Write ``target``: ``source`` upright with its shorter side scaled to ``side``, in the format its
-    name says. A photo no larger than that is copied unchanged. True when it was scaled; raises
-    ``BadImage``."""
-    image = load_rgb(source, side)
+    name says (``quality`` for JPEG and WebP). A photo no larger than that is copied unchanged. True
+    when it was scaled; raises ``BadImage``."""
+    image = load_rgb(source, side)  # a JPEG may come out of its decoder already reduced, down to side
+    with Image.open(source) as original:
+        small_enough = min(original.size) <= side
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     scale = side / min(image.size)
-    if scale >= 1.0:
+    if small_enough:
         shutil.copyfile(source, partial)
     else:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         resized = image.resize(size, Image.LANCZOS)
         try:
             resized.save(partial, format=Image.registered_extensions().get(target.suffix.lower()),
-                         quality=JPEG_QUALITY)
+                         quality=quality)
         except (OSError, ValueError, KeyError) as exc:
             partial.unlink(missing_ok=True)
             raise BadImage(f"{source}: cannot write it as {target.suffix} ({exc})") from None
     os.replace(partial, target)
-    return scale < 1.0
+    return not small_enough
 
 
 def check_destination(root: Path, out: Path):
@@ -62,7 +63,7 @@ def check_destination(root: Path, out: Path):
         raise ShituError(f"--out {out} is inside {root}; choose a folder outside the collection")
 
 
-def shrink_collection(root: Path, items: list[GalleryItem], out: Path, side: int,
+def shrink_collection(root: Path, items: list[GalleryItem], out: Path, side: int, quality: int = 85,
                       on_done: Callable[[], None] | None = None) -> ShrinkReport:
     """Copy ``items`` (images of the collection ``root``) to the same relative paths under ``out``.
 
@@ -73,7 +74,7 @@ def shrink_collection(root: Path, items: list[GalleryItem], out: Path, side: int
     for item in items:
         target = Path(out) / item.relpath
         try:
-            scaled = shrink_file(item.path, target, side)
+            scaled = shrink_file(item.path, target, side, quality)
         except BadImage as exc:
             report.bad.append(str(exc))
         else:

@@ -78,3 +78,18 @@ def test_refuses_to_write_inside_the_collection(tmp_path):
         assert result.exit_code == 1
         assert "inside" in result.output and "Traceback" not in result.output
     assert {p: digest(p) for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_lower_quality_gives_smaller_copies(tmp_path):
+    from shitu.shrink import shrink_file
+
+    rng = np.random.default_rng(0)
+    source = tmp_path / "noisy.jpg"
+    Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(source, quality=95)
+    sizes = []
+    for quality in (40, 90):
+        target = tmp_path / f"q{quality}" / "noisy.jpg"
+        assert shrink_file(source, target, 150, quality)  # even when the decoder already halves it
+        assert Image.open(target).size == (150, 150)
+        sizes.append(target.stat().st_size)
+    assert sizes[0] < 0.7 * sizes[1]
