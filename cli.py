@@ -337,7 +337,6 @@ def check(
         raise typer.Exit(1)
 
 
-# -- speed: int8 quantization (issue #4) -------------------------------------------------------------
 @app.command()
 @guarded
 def shrink(
@@ -366,6 +365,7 @@ def shrink(
                f"-> {report.bytes_after / 1e6:.1f} MB", err=True)
 
 
+# -- speed: int8 quantization (issue #4) -------------------------------------------------------------
 @app.command()
 @guarded
 def quantize(

@@ -8,6 +8,7 @@ paths do not change, so gallery folders and list files work with the copy as the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from PIL import Image
 from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem, read_gallery
 from shitu.imageio import load_rgb
-
 
 
 @dataclass
@@ -38,22 +38,30 @@ def shrink_file(source: Path, target: Path, side: int, quality: int = 85) -> boo
     image = load_rgb(source, side)  # a JPEG may come out of its decoder already reduced, down to side
     with Image.open(source) as original:
         small_enough = min(original.size) <= side
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    scale = side / min(image.size)
-    if small_enough:
-        shutil.copyfile(source, partial)
-    else:
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        resized = image.resize(size, Image.LANCZOS)
-        try:
-            resized.save(partial, format=Image.registered_extensions().get(target.suffix.lower()),
-                         quality=quality)
-        except (OSError, ValueError, KeyError) as exc:
-            partial.unlink(missing_ok=True)
-            raise BadImage(f"{source}: cannot write it as {target.suffix} ({exc})") from None
-    os.replace(partial, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if small_enough:
+            shutil.copyfile(source, partial)
+        else:
+            scale = side / min(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            save_as(image.resize(size, Image.LANCZOS), partial, target.suffix, quality, source)
+        os.replace(partial, target)
+    except OSError as exc:  # the copy's side: a full disk, no permission, --out is a file
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise ShituError(f"cannot write {target}: {exc.strerror or exc}") from None
     return not small_enough
+
+
+def save_as(image: Image.Image, path: Path, suffix: str, quality: int, source: Path):
+    """Save in the format ``suffix`` names; a suffix Pillow cannot write makes the source a bad image."""
+    try:
+        image.save(path, format=Image.registered_extensions().get(suffix.lower()), quality=quality)
+    except (ValueError, KeyError) as exc:
+        path.unlink(missing_ok=True)
+        raise BadImage(f"{source}: cannot write it as {suffix} ({exc})") from None
 
 
 def check_destination(root: Path, out: Path):

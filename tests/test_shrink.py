@@ -80,6 +80,17 @@ def test_refuses_to_write_inside_the_collection(tmp_path):
     assert {p: digest(p) for p in root.rglob("*") if p.is_file()} == before
 
 
+def test_an_unwritable_destination_is_one_clear_error(tmp_path):
+    root = tmp_path / "catalogue"
+    make_collection(root)
+    blocker = tmp_path / "copy"
+    blocker.write_text("a file where the copy should go")
+    result = runner.invoke(app, ["shrink", str(root), "--out", str(blocker), "-q"])
+    assert result.exit_code == 1
+    assert "error: cannot write" in result.output and "Traceback" not in result.output
+    assert blocker.read_text() == "a file where the copy should go"
+
+
 def test_lower_quality_gives_smaller_copies(tmp_path):
     from shitu.shrink import shrink_file
 
