@@ -24,6 +24,8 @@ from shitu.imageio import load_rgb
 
 @dataclass
 class ShrinkReport:
+    """What a shrink did, for its summary line."""
+
     shrunk: int = 0
     copied: int = 0  # already small enough: copied byte for byte
     bad: list[str] = field(default_factory=list)
