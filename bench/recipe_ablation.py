@@ -15,7 +15,6 @@ figures (that one was trained for hundreds of epochs, with restarts).
 
 from __future__ import annotations
 
-import random
 import sys
 import tempfile
 import time
@@ -93,6 +92,7 @@ def main(argv=None):
     if not args.data.is_dir():
         sys.exit(f"data folder not found: {args.data} (the shared grocery photos, or pass a gallery folder)")
     from shitu.errors import ShituError
+    from shitu.grocery import pick_held_out
     from shitu.nn.teacher import Teacher
     from shitu.train.config import TrainConfig
     from shitu.train.data import read_records
@@ -112,7 +112,7 @@ def main(argv=None):
         names = sorted({i.label for i in train})
         if not 0 < args.hold_out < len(names) - 1:
             sys.exit(f"--hold-out must be between 1 and {len(names) - 2} for {len(names)} classes")
-        held = set(random.Random(args.seed).sample(names, args.hold_out))
+        held = pick_held_out(names, args.hold_out, args.seed)
         seen = set(names) - held
         splits = [Split(name, [i for i in train if i.label in group], [i for i in queries if i.label in group])
                   for name, group in (("seen", seen), ("held out", held))]

@@ -43,10 +43,16 @@ def write_list(root: Path, split: str, out: Path, classes: set[str] | None = Non
 
 def held_out_classes(root: Path, count: int, seed: int = 0) -> set[str]:
     """``count`` class names drawn with ``seed``: products a model trained on the others never saw."""
-    names = sorted(row["name"] for row in class_table(root))
+    names = [row["name"] for row in class_table(root)]
     if not 0 < count < len(names):
         raise ValueError(f"--hold-out must be between 1 and {len(names) - 1}")
-    return set(random.Random(seed).sample(names, count))
+    return pick_held_out(names, count, seed)
+
+
+def pick_held_out(names, count: int, seed: int = 0) -> set[str]:
+    """The one draw of held-out classes, so every tool that holds out ``count`` with ``seed`` holds out
+    the same ones."""
+    return set(random.Random(seed).sample(sorted(names), count))
 
 
 def main(argv: list[str] | None = None):
