@@ -1,7 +1,7 @@
 """Export a training checkpoint to the ONNX model the inference side loads.
 
 The graph includes L2 normalisation, has a dynamic batch axis, and carries ``shitu.*`` metadata:
-embedding size, input size, mean/std, model name and version.
+embedding size, input size, mean/std, model name and version, and the product labels it trained on.
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ class Normalized(nn.Module):
 
 def load_checkpoint_model(checkpoint: Path) -> tuple[nn.Module, TrainConfig, int]:
     """The eval-mode network of a checkpoint (its EMA weights when it has them), config and epochs."""
-    state = read_checkpoint(checkpoint)
+    return network_of(read_checkpoint(checkpoint), checkpoint)
+
+
+def network_of(state: dict, checkpoint: Path) -> tuple[nn.Module, TrainConfig, int]:
+    """The eval-mode network, config and epochs of a checkpoint's ``state``."""
     try:
         config = TrainConfig(**state["config"])
     except TypeError as exc:
@@ -51,7 +55,8 @@ def export_onnx(checkpoint: Path, out: Path, name: str | None = None, version: s
     batch-norm statistics were measured. ``recalibrate`` re-measures them at the export side on the
     run's training images (needed when exporting at another resolution than the one trained at).
     """
-    model, config, epochs = load_checkpoint_model(Path(checkpoint))
+    state = read_checkpoint(Path(checkpoint))
+    model, config, epochs = network_of(state, Path(checkpoint))
     size = input_size or config.export_size or config.resolution_at(config.epochs - 1)
     if recalibrate:
         calibrate_on_training_data(model, config, size)
@@ -62,6 +67,8 @@ def export_onnx(checkpoint: Path, out: Path, name: str | None = None, version: s
         "shitu.embedding_size": str(config.embedding_size),
         "shitu.input_size": str(size),
         **({"shitu.scale": str(config.scale)} if lcnet else {}),
+        # what it was trained on, so anyone can check that held-out products were not among them
+        "shitu.training_labels": json.dumps(state.get("labels", []), ensure_ascii=False),
     }
     return write_onnx(Normalized(model).eval(), Path(out), size, metadata)
 

@@ -11,6 +11,7 @@ from shitu.errors import ShituError
 
 
 BACKBONES = ("pplcnet", "efficientnet_lite0", "efficientnet_lite2")
+MIX_KINDS = ("off", "mixup", "cutmix", "both")
 
 
 @dataclass
@@ -43,6 +44,12 @@ class TrainConfig:
     distill_weight: float = 2.0
     distill_kind: str = "cosine"
     teacher_views: int = 0  # > 0: this many fixed augmented views per image, teacher features cached
+    distill_data: str = ""  # root of photos used only under the teacher (no product labels needed)
+    distill_lists: list[str] = field(default_factory=list)  # list files below distill_data; none: walk it
+    distill_batch: int = 0  # distillation photos added to each P x K batch of products
+    distill_val_list: str = ""  # below distill_data: leave-one-out recall@1 by folder, picks best.pt too
+    mix: str = "off"  # off, mixup, cutmix, both: the distillation photos mixed with random batch partners
+    mix_alpha: float = 1.0  # Beta(alpha, alpha) mixing weights
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -82,6 +89,16 @@ class TrainConfig:
             (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
             (self.amp in ("auto", "off", "fp16", "bf16"), "amp must be auto, off, fp16 or bf16"),
             (self.distill_kind in ("cosine", "relational"), "distill_kind must be cosine or relational"),
+            (self.distill_batch >= 0, "distill_batch must be >= 0"),
+            (not (self.distill_batch or self.distill_val_list) or bool(self.distill_data),
+             "distill_batch and distill_val_list need distill_data (the folder of distillation photos)"),
+            (not self.distill_batch or bool(self.teacher and self.distill_weight > 0),
+             "distill_batch needs a teacher and distill_weight > 0"),
+            (self.mix in MIX_KINDS, f"mix must be one of {', '.join(MIX_KINDS)}"),
+            (self.mix_alpha >= 0, "mix_alpha must be >= 0"),
+            (self.mix == "off" or self.distill_batch > 0, "mix mixes the distillation photos: set distill_batch"),
+            (self.teacher_views == 0 or self.distill_batch == 0,
+             "teacher_views caches fixed views of the products; it cannot be combined with distill_batch"),
             (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
             (0.05 <= self.crop_scale_min <= 1.0, "crop_scale_min must be in [0.05, 1]"),
             (self.metric_start_epoch >= 0, "metric_start_epoch must be >= 0"),

@@ -24,6 +24,7 @@ from shitu.nn.losses import cosine_distillation, relational_distillation, triple
 from shitu.train.augment import augment, fixed_views, normalize
 from shitu.train.config import TrainConfig, to_toml
 from shitu.train.data import PKSampler, decode_all, read_records
+from shitu.train.mixing import mix_rows
 from shitu.train.distributed import check_batch, check_in_sync, join, leave, mean_over_ranks, shard
 from shitu.progress import Progress
 
@@ -132,9 +133,10 @@ class StudentStep(nn.Module):
         self.model, self.head, self.projection = model, head, projection
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, with_head: bool):
+        """The first ``len(labels)`` images are labelled products; any after them feed only distillation."""
         embeddings = self.model(images).float()
         with torch.autocast(images.device.type, enabled=False):
-            logits = self.head(embeddings, labels) if with_head else None
+            logits = self.head(embeddings[:len(labels)], labels) if with_head else None
             projected = self.projection(embeddings) if self.projection is not None else None
         return embeddings, logits, projected
 
@@ -155,7 +157,11 @@ def seed_everything(seed: int):
 
 
 class Trainer:
-    """Owns the run directory: ``config.toml``, ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``curves.png``."""
+    """Owns the run directory: ``config.toml``, ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``curves.png``.
+
+    ``best.pt`` is the validated epoch with the highest ``val_recall@1`` (plus ``distill_val_recall@1``
+    when the run has a distillation validation list).
+    """
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: str | None = None, quiet: bool = False):
         self.world, self.device = join(device)
@@ -170,6 +176,8 @@ class Trainer:
         self.labels = np.array([index[item.label] for item in self.items])
         if len(self.label_names) < 2:
             raise ShituError("training needs at least two labels")
+        self.distill_items = read_records(config.distill_data, config.distill_lists) if config.distill_batch else []
+        self.distill_calibration = self.distill_subset(config)
         # channels_last: depthwise and 1x1 convolutions train ~1.35x faster on this CPU (measured).
         self.model = build_model(config).to(self.device, memory_format=torch.channels_last)
         self.head = ArcMarginHead(config.embedding_size, len(self.label_names),
@@ -195,6 +203,16 @@ class Trainer:
         self.sampler = PKSampler(self.labels, config.batch_classes, config.batch_per_class, config.seed)
         self.start_epoch, self.best_recall = 0, -1.0
         self.generator = torch.Generator()  # seeded per epoch and rank in train_epoch
+
+    def distill_subset(self, config: TrainConfig) -> list:
+        """Distillation photos for batch-norm calibration; refuses validation photos that are trained on."""
+        if config.distill_val_list and self.distill_items:
+            validation = {item.relpath for item in read_records(config.distill_data, [config.distill_val_list])}
+            if validation & {item.relpath for item in self.distill_items}:
+                raise ShituError(f"{config.distill_val_list} shares photos with the distillation training "
+                                 "photos: give distill_lists without them (python -m shitu.distillset)")
+        rng = np.random.default_rng(config.seed)
+        return [self.distill_items[i] for i in rng.permutation(len(self.distill_items))[:CALIBRATION_IMAGES]]
 
     def trainable(self) -> list[nn.Module]:
         return [m for m in (self.model, self.head, self.projection) if m is not None]
@@ -337,7 +355,8 @@ class Trainer:
         if logits is not None:
             parts["arc"] = F.cross_entropy(logits, labels, label_smoothing=c.label_smoothing) * c.arc_weight
         if metric_on and c.triplet_weight > 0:
-            parts["triplet"] = triplet_angular_margin(embeddings, labels, c.triplet_margin) * c.triplet_weight
+            parts["triplet"] = triplet_angular_margin(embeddings[:len(labels)], labels, c.triplet_margin) \
+                * c.triplet_weight
         if self.teacher is not None:
             target = self.teacher(images).float() if target is None else target
             if c.distill_kind == "cosine":
@@ -348,10 +367,12 @@ class Trainer:
         return parts
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, size: int, epoch: int, lr: float,
-                   indices=None):
+                   indices=None, distill_images=None):
         """One optimizer step on a batch of uint8 cache crops: augment, losses, backward, update, EMA.
 
         With ``teacher_views``, ``indices`` (the images' positions in the training set) pick the cache.
+        ``distill_images`` (unlabelled uint8 crops) join the batch after the products, mixed with
+        random partners when ``mix`` is on; teacher and student see the same mixed view.
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -362,6 +383,9 @@ class Trainer:
             x = self.fixed_view_batch(images, indices, views, size)
         else:
             x = augment(images.to(self.device), size, self.config, self.generator)
+            if distill_images is not None:
+                x = torch.cat([x, augment(distill_images.to(self.device), size, self.config, self.generator)])
+                x = mix_rows(x, len(images), self.config.mix, self.config.mix_alpha, self.generator)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
@@ -407,6 +431,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         c, size = self.config, self.config.resolution_at(epoch)
         images = self.cache(self.items, round(size * 1.25), "train")
+        distill = self.cache(self.distill_items, round(size * 1.25), "distill") if self.distill_items else None
         labels = torch.from_numpy(self.labels)
         steps, total = self.sampler.steps, self.sampler.steps * c.epochs
         for module in self.trainable():
@@ -419,14 +444,17 @@ class Trainer:
                 global_step = epoch * steps + step
                 lr = learning_rate(c, global_step, total, c.warmup_epochs * steps)
                 local = shard(batch, c.batch_per_class, self.world)
-                loss, parts = self.train_step(images[local], labels[local], size, epoch, lr, local)
+                extra = None
+                if distill is not None:
+                    extra = distill[torch.randint(len(distill), (c.distill_batch,), generator=self.generator)]
+                loss, parts = self.train_step(images[local], labels[local], size, epoch, lr, local, extra)
                 for name, value in {"loss": loss, **parts}.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 bar.advance(f"loss {float(loss.detach()):.3f}")
         metrics = mean_over_ranks({name: value / steps for name, value in sums.items()}, self.world)
         metrics.update(epoch=epoch + 1, lr=lr, size=size, seconds=round(time.time() - started, 1),
                        processes=self.world.size,
-                       images_per_second=round(steps * len(batch) / (time.time() - started), 2))
+                       images_per_second=round(steps * (len(batch) + c.distill_batch) / (time.time() - started), 2))
         return metrics
 
     # -- validation ------------------------------------------------------------------------------
@@ -441,7 +469,11 @@ class Trainer:
         model = build_model(self.config).to(self.device)
         model.load_state_dict(self.ema.state if self.ema else self.model.state_dict())
         images = self.cache(self.items, size, "calibration")
-        recalibrate_batch_norm(model, calibration_batches(images, self.config.seed, self.device))
+        batches = calibration_batches(images, self.config.seed, self.device)
+        if self.distill_calibration:  # the network sees natural photos too: measure them as well
+            photos = self.cache(self.distill_calibration, size, "calibration-distill")
+            batches += calibration_batches(photos, self.config.seed, self.device)
+        recalibrate_batch_norm(model, batches)
         target = self.ema.state if self.ema else None
         for key, value in model.state_dict().items():
             if "running_" in key or "num_batches" in key:
@@ -470,6 +502,16 @@ class Trainer:
         return recall_at_1_of_vectors(q, [i.label for i in queries], g, [i.label for i in gallery],
                                       leave_one_out=gallery is queries)
 
+    def validate_distill(self, model: nn.Module, size: int) -> float | None:
+        """Leave-one-out recall@1 of ``distill_val_list`` photos by folder: category-level generality."""
+        c = self.config
+        if not c.distill_val_list:
+            return None
+        items = read_records(c.distill_data, [c.distill_val_list])
+        vectors = self.embed(model, self.cache(items, size, "distill-val"))
+        labels = [item.label for item in items]
+        return recall_at_1_of_vectors(vectors, labels, vectors, labels, leave_one_out=True)
+
     # -- the run ---------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train the remaining epochs; under torchrun only rank 0 validates and writes the run directory."""
@@ -495,6 +537,11 @@ class Trainer:
         recall = self.validate(model, metrics["size"]) if due else None
         if recall is not None:
             metrics["val_recall@1"] = recall
+        distill_recall = self.validate_distill(model, metrics["size"]) if due else None
+        if distill_recall is not None:
+            metrics["distill_val_recall@1"] = distill_recall
+            # best.pt: the checkpoint best on products and on natural photos together
+            recall = (recall or 0.0) + distill_recall
         state = self.checkpoint(epoch, metrics)
         self.save(state, "last.pt")
         if recall is not None and recall > self.best_recall:
@@ -525,10 +572,12 @@ def plot_curves(run_dir: Path):
     axes[0].legend()
     axes[1].plot(epochs, [r["lr"] for r in rows])
     axes[1].set_title("learning rate")
-    validated = [r for r in rows if "val_recall@1" in r]
-    if validated:
-        axes[2].plot([r["epoch"] for r in validated], [r["val_recall@1"] for r in validated], marker="o")
-    axes[2].set_title("val recall@1")
+    for key in ("val_recall@1", "distill_val_recall@1"):
+        validated = [r for r in rows if key in r]
+        if validated:
+            axes[2].plot([r["epoch"] for r in validated], [r[key] for r in validated], marker="o", label=key)
+            axes[2].legend()
+    axes[2].set_title("validation recall@1")
     for axis in axes:
         axis.set_xlabel("epoch")
     figure.tight_layout()
