@@ -39,7 +39,7 @@ from common import REPO, cpu_ghz, parse, parser, peak_gflops, report, show, spre
 
 from shitu.train.allocator import find_allocator  # noqa: E402
 
-DEFAULT_DATA = REPO / "gallery" / "demo"
+DEFAULT_DATA = REPO / "tests" / "synthetic" / "demo"
 
 
 def prefill_teacher_cache(trainer, images, indices, size: int):

@@ -10,7 +10,7 @@ from shitu.distillset import main as distillset_main
 from shitu.gallery import read_gallery
 from tests.conftest import REPO
 
-DEMO = REPO / "gallery" / "demo"
+DEMO = REPO / "tests" / "synthetic" / "demo"
 
 
 def photo_tree(root, folders: dict[str, int]):

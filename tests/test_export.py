@@ -20,7 +20,7 @@ from tests.conftest import GROCERY, REPO  # noqa: E402
 
 def real_photos(count: int = 6):
     """Demo gallery photos, plus shared grocery photos when they are present."""
-    photos = [item.path for item in read_gallery(REPO / "gallery" / "demo")][:count]
+    photos = [item.path for item in read_gallery(REPO / "tests" / "synthetic" / "demo")][:count]
     if (GROCERY / "train").is_dir():
         photos += sorted((GROCERY / "train").rglob("*.jpg"))[:count]
     return photos

@@ -29,8 +29,8 @@ from shitu.train.loop import build_model  # noqa: E402
 from tests.conftest import MEAN, REPO, STD  # noqa: E402
 
 SIZE = 96
-DEMO = REPO / "gallery" / "demo"
-QUERIES = REPO / "gallery" / "queries"
+DEMO = REPO / "tests" / "synthetic" / "demo"
+QUERIES = REPO / "tests" / "synthetic" / "queries"
 
 
 def demo_inputs(embedder: Embedder) -> np.ndarray:

@@ -16,7 +16,7 @@ from shitu.gallery import read_gallery  # noqa: E402
 from shitu.train.config import load_config  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
-DEMO = REPO / "gallery" / "demo"
+DEMO = REPO / "tests" / "synthetic" / "demo"
 TINY = """
 batch_classes = 4
 batch_per_class = 3
