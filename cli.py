@@ -160,7 +160,7 @@ def export(
 ):
     """Export a checkpoint to ONNX with its preprocessing metadata (needs PyTorch)."""
     require_torch()
-    from shitu.nn.export import export_onnx, export_teacher
+    from shitu.train.export import export_onnx, export_teacher
 
     if (checkpoint is None) == (teacher is None):
         raise ShituError("export needs either a CHECKPOINT or --teacher NAME (not both)")

@@ -30,9 +30,9 @@ def random_lcnet(tmp_path_factory):
     """A random PP-LCNet-2.5x exported at 64 px: a shitu model whose MACs the latency bench can count."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from shitu.nn.export import export_onnx
+    from shitu.train.export import export_onnx
     from shitu.train.config import TrainConfig
-    from shitu.train.loop import build_model
+    from shitu.train.checkpoint import build_model
 
     torch.manual_seed(0)
     config = TrainConfig(data="unused", export_size=64)

@@ -78,7 +78,7 @@ def test_teacher_sees_exactly_the_mixed_batch_the_student_sees(photos, tmp_path)
 def test_a_run_validates_on_natural_photos_and_export_records_its_labels(photos, tmp_path):
     import onnx
 
-    from shitu.nn.export import export_onnx
+    from shitu.train.export import export_onnx
 
     trainer = Trainer(distill_config(*photos), tmp_path / "run", device="cpu", quiet=True)
     trainer.fit()

@@ -11,10 +11,11 @@ pytest.importorskip("onnx")
 from shitu.embed import Embedder  # noqa: E402
 from shitu.gallery import read_gallery  # noqa: E402
 from shitu.imageio import load_rgb, resize_square  # noqa: E402
-from shitu.nn.export import export_onnx  # noqa: E402
+from shitu.train.export import export_onnx  # noqa: E402
 from shitu.train.augment import normalize  # noqa: E402
 from shitu.train.config import TrainConfig  # noqa: E402
-from shitu.train.loop import build_model, recalibrate_batch_norm  # noqa: E402
+from shitu.train.batchnorm import recalibrate_batch_norm
+from shitu.train.checkpoint import build_model  # noqa: E402
 from tests.conftest import GROCERY, REPO  # noqa: E402
 
 

@@ -21,11 +21,11 @@ from shitu.build import build_index  # noqa: E402
 from shitu.embed import Embedder, set_shitu_metadata  # noqa: E402
 from shitu.errors import ShituError  # noqa: E402
 from shitu.gallery import GalleryItem, read_gallery  # noqa: E402
-from shitu.nn.export import Normalized, export_onnx  # noqa: E402
+from shitu.train.export import Normalized, export_onnx  # noqa: E402
 from shitu.quantize import integer_hard_sigmoid, pick_calibration, quantize_model  # noqa: E402
 from shitu.store import IndexStore  # noqa: E402
 from shitu.train.config import TrainConfig  # noqa: E402
-from shitu.train.loop import build_model  # noqa: E402
+from shitu.train.checkpoint import build_model  # noqa: E402
 from tests.conftest import MEAN, REPO, STD  # noqa: E402
 
 SIZE = 96

@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from shitu.embed import set_shitu_metadata
-from shitu.errors import ShituError
-from shitu.train.augment import MEAN, STD
-from shitu.train.config import TrainConfig
-from shitu.train.loop import best_weights, build_model, calibrate_on_training_data, read_checkpoint
+from shitu.model_input import MEAN, STD
+from shitu.train.batchnorm import calibrate_on_training_data
+from shitu.train.checkpoint import load_teacher, network_of, read_checkpoint
 
 
 class Normalized(nn.Module):
@@ -29,22 +28,6 @@ class Normalized(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.network(images), dim=1)
-
-
-def load_checkpoint_model(checkpoint: Path) -> tuple[nn.Module, TrainConfig, int]:
-    """The eval-mode network of a checkpoint (its EMA weights when it has them), config and epochs."""
-    return network_of(read_checkpoint(checkpoint), checkpoint)
-
-
-def network_of(state: dict, checkpoint: Path) -> tuple[nn.Module, TrainConfig, int]:
-    """The eval-mode network, config and epochs of a checkpoint's ``state``."""
-    try:
-        config = TrainConfig(**state["config"])
-    except TypeError as exc:
-        raise ShituError(f"{checkpoint} is not a shitu training checkpoint ({exc})") from None
-    model = build_model(config)
-    model.load_state_dict(best_weights(state))
-    return model.eval(), config, state["epoch"] + 1
 
 
 def export_onnx(checkpoint: Path, out: Path, name: str | None = None, version: str | None = None,
@@ -79,9 +62,7 @@ def export_teacher(teacher: str, out: Path, input_size: int = 224) -> Path:
     With it, ``shitu build-index --model`` and ``shitu eval`` measure what a trained model must beat,
     on the same photos and through the same code.
     """
-    from shitu.nn.teacher import Teacher
-
-    network = Teacher(teacher)
+    network = load_teacher(teacher)
     metadata = {"shitu.model_name": f"{teacher}_imagenet", "shitu.model_version": "imagenet",
                 "shitu.embedding_size": str(network.feature_size), "shitu.input_size": str(input_size)}
     return write_onnx(Normalized(network).eval(), Path(out), input_size, metadata)
@@ -99,8 +80,8 @@ def write_onnx(network: nn.Module, out: Path, size: int, metadata: dict[str, str
     graph = onnx.load(str(tmp))
     set_shitu_metadata(graph, {
         **metadata,
-        "shitu.mean": json.dumps([round(v, 4) for v in MEAN.flatten().tolist()]),
-        "shitu.std": json.dumps([round(v, 4) for v in STD.flatten().tolist()]),
+        "shitu.mean": json.dumps([round(v, 4) for v in MEAN]),
+        "shitu.std": json.dumps([round(v, 4) for v in STD]),
     })
     onnx.save(graph, str(tmp))
     tmp.replace(out)
