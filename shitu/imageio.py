@@ -64,7 +64,7 @@ def open_image_file(path: str | Path, regular_only: bool = True):
     try:
         descriptor = os.open(path, flags)
     except ValueError:  # an embedded NUL byte, from a list file
-        raise BadImage(f"{path!r}: the path contains a NUL byte") from None
+        raise BadImage(f"{str(path)!r}: the path contains a NUL byte") from None
     except FileNotFoundError:
         raise BadImage(f"{path}: no such file") from None
     except OSError as exc:
@@ -76,8 +76,8 @@ def open_image_file(path: str | Path, regular_only: bool = True):
         if regular_only and not stat.S_ISREG(info.st_mode):
             raise BadImage(f"{path}: not a regular file ({file_kind(info.st_mode)})")
         if stat.S_ISREG(info.st_mode) and info.st_size > MAX_FILE_BYTES:
-            raise BadImage(f"{path}: {info.st_size / 1e9:.1f} GB is larger than any image file "
-                           f"({MAX_FILE_BYTES / 1e9:.1f} GB limit)")
+            raise BadImage(f"{path}: {info.st_size / 2**30:.1f} GiB is larger than any image file "
+                           f"({MAX_FILE_BYTES >> 30} GiB limit)")
         if regular_only:
             os.set_blocking(descriptor, True)
         return os.fdopen(descriptor, "rb")

@@ -156,6 +156,8 @@ def seed_everything(seed: int):
 
 def run_folder(path: Path) -> Path:
     """Create the run directory; a file there (or above it), or no permission, is one clear error."""
+    if path.exists() and not path.is_dir():
+        raise ShituError(f"--out {path} is a file; name a folder for the run")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # FileExistsError for a file, NotADirectoryError below one
