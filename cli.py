@@ -133,7 +133,7 @@ def query(
                             [[m.rank, m.label, f"{m.score:.4f}", m.path] for m in answer.results])
     failed = [answer for answer in answers if answer.error]
     for answer in failed:
-        typer.echo(f"error: {answer.error}", err=True)
+        typer.echo(printable(f"error: {answer.error}"), err=True)
     if failed:
         raise typer.Exit(1)
 
