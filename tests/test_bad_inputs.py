@@ -354,3 +354,19 @@ def test_a_backslash_in_a_list_path_is_part_of_the_file_name(tmp_path, tiny_mode
     result = shitu("add", root / "red" / "x\\y.png", "--label", "red", "--index", index, "--model", tiny_model, "-q")
     assert result.exit_code == 0 and "1 unchanged" in result.stderr, result.output
     assert IndexStore.open(index).count() == 2
+
+
+def test_adding_a_non_utf8_file_by_name_is_one_error_and_changes_nothing(tmp_path, tiny_model):
+    import os
+
+    root = small_gallery(tmp_path / "g")
+    index = tmp_path / "i"
+    assert shitu("build-index", root, "--index", index, "--model", tiny_model, "-q").exit_code == 0
+    odd = os.path.join(os.fsencode(root / "red"), b"k\xff.png")
+    with open(odd, "wb") as handle:
+        handle.write((root / "red" / "a.png").read_bytes())
+    result = shitu("add", os.fsdecode(odd), "--label", "red", "--index", index, "--model", tiny_model, "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [f"error: {root / 'red'}/k\\xff.png: the file name (or label) is not "
+                                          f"valid UTF-8, which an index cannot store; rename it"]
+    assert IndexStore.open(index).count() == 2
