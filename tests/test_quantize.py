@@ -232,3 +232,20 @@ def test_integer_hard_sigmoid_leaves_a_gate_it_cannot_rewrite():
     assert integer_hard_sigmoid(model) == 0  # zero point 7: saturation would not clip at 0
     operators = [node.op_type for node in model.graph.node]
     assert operators == ["DequantizeLinear", "HardSigmoid", "QuantizeLinear"]
+
+
+def test_quantize_takes_the_name_fp32_and_refuses_a_folder_as_out_before_any_work(tmp_path, monkeypatch):
+    import shitu.embed
+
+    model = tiny_shitu_onnx(tmp_path)
+    monkeypatch.setattr(shitu.embed, "default_model_path", lambda int8=False: model)
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not a jpeg")
+    with pytest.raises(ShituError, match="none of the 1 calibration images"):  # got past the fp32 model's size
+        quantize_model("fp32", tmp_path / "out.onnx", [GalleryItem(junk, "x/junk.jpg", "x")], quiet=True)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    calls = []
+    with pytest.raises(ShituError, match="is a folder"):
+        quantize_model(model, folder, [GalleryItem(junk, "x/junk.jpg", "x")], quiet=True, warn=calls.append)
+    assert calls == [] and list(folder.iterdir()) == [] and not list(tmp_path.glob(".models*"))

@@ -121,3 +121,27 @@ def test_size_flag_sets_the_training_resolution(tmp_path):
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["size"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [48, 48]
     assert "resolutions = [[0, 48]]" in (run / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('epochs = "ten"\n', "epochs must be a whole number, got 'ten'"),
+    ("lr = nan\n", "lr must be a finite number, got nan"),
+    ("bn_neck = 1\n", "bn_neck must be true or false, got 1"),
+    ('resolutions = [[0, "big"]]\n', "resolutions must be a list of [epoch, size] pairs, got [[0, 'big']]"),
+])
+def test_config_values_of_the_wrong_type_are_named(tmp_path, text, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = CliRunner().invoke(app, ["train", str(DEMO), "--out", str(tmp_path / "r"), "--config", str(config)])
+    assert result.exit_code == 1 and result.stderr.splitlines() == [f"error: bad training config: {message}"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_out_that_is_a_file_or_a_nan_rate_is_one_error(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a run folder")
+    result = CliRunner().invoke(app, ["train", str(DEMO), "--out", str(blocker), "--teacher", "", "-q"])
+    assert result.exit_code == 1 and result.stderr.startswith(f"error: --out {blocker} is a file") and "Traceback" not in result.output
+    assert blocker.read_text() == "not a run folder"
+    result = CliRunner().invoke(app, ["train", str(DEMO), "--out", str(tmp_path / "r"), "--lr", "nan"])
+    assert result.exit_code == 1 and result.stderr.splitlines() == ["error: --lr must be a finite number, got nan"]

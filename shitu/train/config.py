@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,42 @@ def load_config(path: Path | None, overrides: dict) -> TrainConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ShituError(f"unknown training setting(s): {', '.join(unknown)}")
-    return TrainConfig(**values).validate()
+    return TrainConfig(**{key: typed(key, value) for key, value in values.items()}).validate()
+
+
+LIST_ITEMS = {  # what each element of a list setting must be
+    "lists": lambda item: isinstance(item, str),
+    "resolutions": lambda pair: (isinstance(pair, list) and len(pair) == 2
+                                 and all(isinstance(n, int) and not isinstance(n, bool) for n in pair)),
+}
+
+
+def typed(key: str, value):
+    """``value`` as the type of the setting's default; a mistyped or non-finite value is refused by name."""
+    default = getattr(TrainConfig(), key)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif isinstance(default, list):
+        item_ok = LIST_ITEMS.get(key, lambda item: True)
+        ok = isinstance(value, list) and all(item_ok(item) for item in value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ShituError(f"bad training config: {key} must be {type_name(key, default)}, got {value!r}")
+    return value
+
+
+def type_name(key: str, default) -> str:
+    if isinstance(default, float):
+        return "a finite number"
+    if isinstance(default, list):
+        return {"resolutions": "a list of [epoch, size] pairs", "lists": "a list of file names"}.get(key, "a list")
+    return {bool: "true or false", int: "a whole number", str: "a string"}[type(default)]
 
 
 def to_toml(config: TrainConfig) -> str:

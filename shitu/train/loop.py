@@ -79,6 +79,17 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
+def run_folder(path: Path) -> Path:
+    """Create the run directory; a file there (or above it), or no permission, is one clear error."""
+    if path.exists() and not path.is_dir():
+        raise ShituError(f"--out {path} is a file; name a folder for the run")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # FileExistsError for a file, NotADirectoryError below one
+        raise ShituError(f"cannot use --out {path} as the run folder: {exc.strerror or exc}") from None
+    return path
+
+
 class Trainer:
     """Owns the run directory: ``config.toml``, ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``curves.png``.
 
@@ -94,6 +105,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
         self.items = read_records(config.data, config.lists)
+        run_folder(self.run_dir)  # a file in its place fails now, not after the first epoch
         self.label_names = sorted({item.label for item in self.items})
         index = {name: i for i, name in enumerate(self.label_names)}
         self.labels = np.array([index[item.label] for item in self.items])
