@@ -132,6 +132,7 @@ def load_config(path: Path | None, overrides: dict) -> TrainConfig:
 
 LIST_ITEMS = {  # what each element of a list setting must be
     "lists": lambda item: isinstance(item, str),
+    "distill_lists": lambda item: isinstance(item, str),
     "resolutions": lambda pair: (isinstance(pair, list) and len(pair) == 2
                                  and all(isinstance(n, int) and not isinstance(n, bool) for n in pair)),
 }
@@ -161,7 +162,9 @@ def type_name(key: str, default) -> str:
     if isinstance(default, float):
         return "a finite number"
     if isinstance(default, list):
-        return {"resolutions": "a list of [epoch, size] pairs", "lists": "a list of file names"}.get(key, "a list")
+        names = {"resolutions": "a list of [epoch, size] pairs", "lists": "a list of file names",
+                 "distill_lists": "a list of file names"}
+        return names.get(key, "a list")
     return {bool: "true or false", int: "a whole number", str: "a string"}[type(default)]
 
 
