@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from shitu.errors import ShituError
-from shitu.store import DB_NAME, LOCK_NAME, IndexStore, read_snapshot, write_faiss_file, write_lock
+from shitu.store import DB_NAME, IndexStore, read_snapshot, write_faiss_file, write_lock
 from tests.conftest import colour_embedding, solid
 
 runner = CliRunner()
@@ -40,8 +40,8 @@ def rows(index):
 
 
 def snapshot(index):
-    """Every byte a change could touch (the lock file aside)."""
-    return {p.name: p.read_bytes() for p in sorted(index.iterdir()) if p.name != LOCK_NAME}
+    """Every byte a change could touch."""
+    return {p.name: p.read_bytes() for p in sorted(index.iterdir())}
 
 
 def set_manifest(index, key, value):
