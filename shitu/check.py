@@ -268,8 +268,10 @@ def rebuild_from_stored(directory: Path) -> tuple[str, int]:
     """Commit a FAISS file rebuilt from every stored vector, and a manifest that counts the rows again."""
     store = IndexStore.open(directory)
     try:
-        ids, vectors = store.all_vectors()
-        index = make_faiss_index(store.manifest["index_type"], store.manifest["embedding_size"], vectors, ids)
-        return commit(store, Change(), index), len(ids)
+        with errors_explained(directory):  # a full disk: reported as a problem like any other
+            ids, vectors = store.all_vectors()
+            index = make_faiss_index(store.manifest["index_type"], store.manifest["embedding_size"], vectors,
+                                     ids)
+            return commit(store, Change(), index), len(ids)
     finally:
         store.db.close()
