@@ -98,7 +98,7 @@ def add_vectors(index, vectors: np.ndarray, ids: np.ndarray, factory: str):
     try:
         index.add_with_ids(vectors, ids)
     except RuntimeError as exc:
-        raise ShituError(f"index type {factory!r} cannot hold shitu's ids ({str(exc).strip().splitlines()[-1]}); "
+        raise ShituError(f"index type {factory!r} cannot hold shitu's ids ({faiss_reason(exc)}); "
                          f"use Flat, HNSW32, IVF256,Flat or auto (shitu adds the id map itself)") from None
 
 
@@ -510,6 +510,13 @@ def write_failed(directory: Path, name, why: str) -> ShituError:
                       f"state (see 'shitu check --index {directory}')")
 
 
+def faiss_reason(exc: RuntimeError) -> str:
+    """The readable end of a FAISS error ("... failed: write error in F: 4014 != 36864 (No space ...)")."""
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown FAISS error"
+    last = re.sub(r"^Error in .*? at \S+:\d+: ", "", last)  # FAISS's C++ signature and source line
+    return last.rsplit("failed: ", 1)[-1]
+
+
 def reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -533,17 +540,22 @@ def fsync_path(path: Path):
 
 def write_faiss_file(directory: Path, index, generation: int) -> str:
     """Write ``vectors.<generation>.faiss`` durably (temp file, fsync, rename, fsync folder); a failed
-    write leaves no temp file behind."""
+    write leaves no temp file behind.
+
+    The bytes go through a Python file: FAISS's own writer only prints a failed final flush (a full
+    disk) and returns, which would leave a truncated file to be committed.
+    """
     faiss = faiss_module()
     name = f"vectors.{generation}.faiss"
     tmp = directory / f".{name}.tmp"
     try:
-        faiss.write_index(index, str(tmp))
+        with open(tmp, "wb") as handle:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
         fsync_path(tmp)
         os.replace(tmp, directory / name)
     except RuntimeError as exc:  # FAISS reports a failed write (a full disk) this way
         discard(tmp)
-        raise write_failed(directory, tmp, str(exc).strip().splitlines()[-1]) from None
+        raise write_failed(directory, tmp, faiss_reason(exc)) from None
     except BaseException:
         discard(tmp)
         raise
