@@ -25,8 +25,8 @@ from shitu.build import embed_items, hash_items, highest_generation
 from shitu.embed import Embedder, ModelInfo
 from shitu.errors import ShituError
 from shitu.gallery import GalleryItem, iter_images
-from shitu.store import (DB_NAME, IndexStore, add_vectors, committed_generation, discard, faiss_module, now,
-                         remove_stale_faiss, vector_blob, write_faiss_file, write_lock)
+from shitu.store import (DB_NAME, IndexStore, add_vectors, committed_generation, discard, faiss_module,
+                         load_matching_faiss, now, remove_stale_faiss, vector_blob, write_faiss_file, write_lock)
 
 
 
@@ -272,9 +272,7 @@ def updated_faiss(store: IndexStore, change: Change):
     refilled from the vectors stored in SQLite, keeping what they learned in training. A missing,
     damaged or out-of-step FAISS file is refused before anything is written.
     """
-    index = store.load_faiss()
-    if index.ntotal != store.count():
-        raise out_of_step(store, index.ntotal)
+    index = load_matching_faiss(store, store.row_ids())
     if change.delete_ids and not deletes_in_place(index):
         ids, vectors = remaining_vectors(store, change)
         index.reset()

@@ -240,6 +240,9 @@ class IndexStore:
         matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), size)
         return np.array(ids, dtype=np.int64), matrix
 
+    def row_ids(self) -> list[int]:
+        return [row[0] for row in self.execute("select id from images order by id")]
+
     def label_counts(self) -> dict[str, int]:
         return dict(self.execute("select label, count(*) from images group by label order by label"))
 
@@ -314,7 +317,7 @@ def read_snapshot(directory: str | Path, model: ModelInfo | None = None, with_ve
             finally:
                 store.db.execute("commit")
             try:
-                return Snapshot(directory, store.manifest, rows, load_matching_faiss(store, len(rows)), ids,
+                return Snapshot(directory, store.manifest, rows, load_matching_faiss(store, list(rows)), ids,
                                 vectors)
             except ShituError:
                 if attempt + 1 == attempts or committed_generation(directory) == store.manifest["generation"]:
@@ -324,13 +327,15 @@ def read_snapshot(directory: str | Path, model: ModelInfo | None = None, with_ve
     raise AssertionError("unreachable")
 
 
-def load_matching_faiss(store: IndexStore, rows: int):
-    """The live FAISS index, refused when it does not hold one vector per row."""
+def load_matching_faiss(store: IndexStore, row_ids) -> object:
+    """The live FAISS index, refused unless it holds exactly one vector under each row's id: an id
+    without a row (a damaged id map) would otherwise be looked up as a row that does not exist."""
     index = store.load_faiss()
-    if index.ntotal != rows:
-        raise ShituError(f"index {store.directory} is out of step: {store.manifest['faiss_file']} holds "
-                         f"{index.ntotal} vectors for {rows} rows; run 'shitu check --repair --index "
-                         f"{store.directory}'")
+    faiss_ids = np.sort(faiss_module().vector_to_array(index.id_map))
+    if not np.array_equal(faiss_ids, np.sort(np.asarray(row_ids, dtype=np.int64))):
+        raise ShituError(f"index {store.directory} is out of step: the ids of the {index.ntotal} vectors in "
+                         f"{store.manifest['faiss_file']} are not those of its {len(row_ids)} rows; run "
+                         f"'shitu check --repair --index {store.directory}'. The index was not changed")
     return index
 
 

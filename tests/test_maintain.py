@@ -252,7 +252,7 @@ def test_damaged_database_page_is_reported_without_traceback(built, colour_galle
     assert code == 1 and "gallery.db is damaged" in report["problems"][0]
     new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
     codes = []
-    for args in (["remove", "--label", "blue can"], ["add", new, "--label", "x", "--model", tiny_model],
+    for args in (["remove", "--label", "blue can"], ["add", new, "--label", "x", "--model", tiny_model, "-q"],
                  ["info"]):
         result = shitu(*args, "--index", built)  # whether SQLite notices depends on the pages touched
         assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
@@ -646,3 +646,19 @@ def test_full_disk_in_build_add_remove_and_repair_is_one_error_and_keeps_the_ind
             assert_one_error_line(result, "error: index ")
         assert snapshot(built) == files, name  # no temp file left, nothing committed
     assert check(built, "--model", tiny_model, "--repair")[0] == 0
+
+
+def test_faiss_ids_that_name_no_row_are_refused_not_looked_up(built, colour_gallery, tiny_model, tmp_path):
+    import faiss
+
+    ids, vectors = IndexStore.open(built).all_vectors()
+    shifted = faiss.IndexIDMap2(faiss.IndexFlatIP(3))
+    shifted.add_with_ids(vectors, ids + 1000)  # as many vectors as rows, under ids no row has
+    write_live_faiss(built, shifted)
+    files = snapshot(built)
+    photo = solid(tmp_path / "q.png", (220, 30, 30))
+    new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
+    for args in (["query", photo, "--model", tiny_model], ["eval", "--model", tiny_model, "-q"],
+                 ["add", new, "--label", "green tea", "--model", tiny_model, "-q"]):
+        assert_one_error_line(shitu(*args, "--index", built), "out of step", "check --repair")
+    assert snapshot(built) == files
