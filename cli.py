@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -21,8 +22,21 @@ MODEL = typer.Option(None, "--model", help="ONNX model file, or 'fp32' / 'int8' 
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
+def printable(text: str) -> str:
+    """Output is always valid UTF-8: bytes of a file name that are not UTF-8 (surrogates) show as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def warn(message: str):
-    typer.echo(f"warning: {message}", err=True)
+    typer.echo(printable(f"warning: {message}"), err=True)
+
+
+def finite(param: typer.CallbackParam, value: Optional[float]) -> Optional[float]:
+    """Every float flag: NaN or infinity would silently make every comparison false."""
+    if value is not None and not math.isfinite(value):
+        typer.echo(f"error: {param.opts[0]} must be a finite number, got {value}", err=True)
+        raise typer.Exit(1)
+    return value
 
 
 def guarded(command):
@@ -32,7 +46,7 @@ def guarded(command):
         try:
             return command(*args, **kwargs)
         except ShituError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(printable(f"error: {exc}"), err=True)
             raise typer.Exit(1)
         except KeyboardInterrupt:
             typer.echo("error: interrupted", err=True)
@@ -41,18 +55,31 @@ def guarded(command):
 
 
 def print_json(data):
-    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(printable_values(data), ensure_ascii=False) + "\n")
+
+
+def printable_values(data):
+    """``data`` with every string made ``printable``, so the JSON is valid UTF-8."""
+    if isinstance(data, str):
+        return printable(data)
+    if isinstance(data, dict):
+        return {printable_values(key): printable_values(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [printable_values(value) for value in data]
+    return data
 
 
 def print_table(title: str, columns: list[str], rows: list[list]):
+    """Labels and paths are printed verbatim: as ``Text`` they are never read as rich markup."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title)
+    table = Table(title=Text(printable(title)))
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*[str(value) for value in row])
+        table.add_row(*[Text(printable(str(value))) for value in row])
     Console(highlight=False).print(table)
 
 
@@ -74,7 +101,7 @@ def build_index(
     from shitu.gallery import read_gallery
     from shitu.store import model_for_index
 
-    items = read_gallery(gallery, list_file)
+    items = read_gallery(gallery, list_file, warn)
     embedder = Embedder(model_for_index(index, model))
     report = build(items, index, embedder, index_type, str(gallery.resolve()), quiet, warn)
     typer.echo(f"indexed {report.images} images of {report.labels} labels into {index} "
@@ -89,8 +116,8 @@ def query(
     index: Path = INDEX,
     model: Optional[Path] = MODEL,
     topk: int = typer.Option(5, "--topk", min=1, help="Matches to list per photo."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Below this cosine score the "
-                                              "answer is 'unknown' (label null)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", callback=finite, help="Below this cosine "
+                                              "score the answer is 'unknown' (label null)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """Name the product in each photo."""
@@ -106,7 +133,7 @@ def query(
                             [[m.rank, m.label, f"{m.score:.4f}", m.path] for m in answer.results])
     failed = [answer for answer in answers if answer.error]
     for answer in failed:
-        typer.echo(f"error: {answer.error}", err=True)
+        typer.echo(printable(f"error: {answer.error}"), err=True)
     if failed:
         raise typer.Exit(1)
 
@@ -132,7 +159,7 @@ def eval_command(
     metrics = list(dict.fromkeys(parse_metric(m) for m in metric))
     if queries_list and not queries:
         raise ShituError("--queries-list needs --queries, the folder its paths are relative to")
-    items = read_gallery(queries, queries_list) if queries else None
+    items = read_gallery(queries, queries_list, warn) if queries else None
     result = Recognizer(index, model).evaluate(metrics, items, quiet, warn)
     output = {m: round(result[m], 4) for m in metrics}
     output.update(queries=result["queries"], gallery=result["gallery"])
@@ -160,7 +187,7 @@ def export(
 ):
     """Export a checkpoint to ONNX with its preprocessing metadata (needs PyTorch)."""
     require_torch()
-    from shitu.nn.export import export_onnx, export_teacher
+    from shitu.train.export import export_onnx, export_teacher
 
     if (checkpoint is None) == (teacher is None):
         raise ShituError("export needs either a CHECKPOINT or --teacher NAME (not both)")
@@ -182,7 +209,7 @@ def train(
     val_list: Optional[str] = typer.Option(None, "--val-list", help="Validation queries list file."),
     val_gallery_list: Optional[str] = typer.Option(None, "--val-gallery-list", help="Validation gallery."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
+    lr: Optional[float] = typer.Option(None, "--lr", callback=finite),
     size: Optional[int] = typer.Option(None, "--size", min=32, help="Train at this image side throughout "
                                        "(resolutions = [[0, N]]); the shipped model was trained at 160."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="efficientnet_lite0, efficientnet_lite2, "
@@ -278,11 +305,12 @@ def remove(
     index: Path = INDEX,
 ):
     """Remove images from an index, without rebuilding it."""
+    from shitu.gallery import normalise_label
     from shitu.maintain import remove_images
 
     if not label and not path:
         ctx.fail("say what to remove with --label or --path")
-    report = remove_images(index, label or [], path or [])
+    report = remove_images(index, [normalise_label(name) for name in label or []], path or [])
     if report.rebuilt:
         rebuilt_note(report)
     typer.echo(f"removed {report.removed} images from {index}; it now holds {report.count} images of "
@@ -355,7 +383,7 @@ def shrink(
     from shitu.shrink import check_destination, collection_items, shrink_collection
 
     check_destination(data, out)
-    items = collection_items(data, list_files)
+    items = collection_items(data, list_files, warn)
     with Progress(len(items), f"shrinking to {side}px", quiet) as bar:
         report = shrink_collection(data, items, out, side, quality, bar.advance)
     for reason in report.bad:
@@ -386,7 +414,7 @@ def quantize(
         from shitu.quantize import pick_calibration, quantize_model
     except ImportError as exc:
         raise ShituError(f"this command needs onnx: pip install 'shitu[quantize]' ({exc})") from None
-    items = pick_calibration(read_gallery(calibration, list_file), images)
+    items = pick_calibration(read_gallery(calibration, list_file, warn), images)
     report = quantize_model(model, out, items, quiet=quiet, warn=warn)
     typer.echo(f"wrote {report.path} (version {report.version}): calibrated on {report.images} images, "
                f"{len(report.bad)} unreadable skipped; {report.int8_bytes / 1e6:.1f} MB, "

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, interleave, parse, parser, report, show, spread  # noqa: E402
 
-DEFAULT_PHOTO = REPO / "gallery" / "queries" / "Café Crema__1.jpg"
+DEFAULT_PHOTO = REPO / "tests" / "synthetic" / "queries" / "Café Crema__1.jpg"
 LIBRARIES = "import numpy, onnxruntime, faiss, sqlite_utils, typer, rich, PIL.Image"
 
 

@@ -86,7 +86,7 @@ def main(argv=None):
     args.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
                       help="which to train (default: all)")
     args.add_argument("--seed", type=int, default=0, help="held-out classes and training order")
-    args = parse(args, argv, quick={"data": REPO / "gallery" / "demo", "hold_out": 4, "epochs": 2, "size": 48,
+    args = parse(args, argv, quick={"data": REPO / "tests" / "synthetic" / "demo", "hold_out": 4, "epochs": 2, "size": 48,
                                     "start_size": 32, "batch_classes": 2,
                                     "variants": ["recipe", "no distillation"]})
     if not args.data.is_dir():

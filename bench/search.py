@@ -231,7 +231,7 @@ def main(argv=None):
                       "a vector)")
     args.add_argument("--threads", type=int, help="FAISS OpenMP threads (default: FAISS's own, all cores)")
     args = parse(args, argv, quick={"sizes": "1e3", "queries": 20, "pq_from": 0, "pq": "PQ8x4",
-                                         "threads": 1, "like": REPO / "gallery" / "demo"})
+                                         "threads": 1, "like": REPO / "tests" / "synthetic" / "demo"})
     import faiss
 
     if args.threads:

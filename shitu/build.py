@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from shitu.embed import Embedder
-from shitu.errors import ShituError
+from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
+from shitu.imageio import open_image_file
 from shitu.progress import Progress
 from shitu.store import (DB_NAME, FORMAT_VERSION, HNSW_EF_SEARCH, IndexStore, connect, create_schema, discard,
                          fsync_path, make_faiss_index, now, remove_stale_faiss, resolve_index_type, vector_blob,
@@ -37,13 +38,14 @@ class BuildReport:
 
 
 def content_hash(path: Path) -> str | None:
-    """SHA-256 of a file's bytes, or None when it cannot be read."""
+    """SHA-256 of a file's bytes, or None when it is not a regular, readable image-sized file (the
+    decoder then says why); never blocks on a FIFO or reads a device."""
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
+        with open_image_file(path) as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    except OSError:
+    except (BadImage, OSError):
         return None
     return digest.hexdigest()
 

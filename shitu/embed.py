@@ -159,10 +159,10 @@ class Embedder:
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ShituError(f"cannot load model {self.path}: {str(exc).splitlines()[0]}") from None
 
-    def preprocess(self, path: str | Path) -> np.ndarray:
-        """One image file -> CHW float32 input; raises ``BadImage``."""
+    def preprocess(self, path: str | Path, regular_only: bool = True) -> np.ndarray:
+        """One image file -> CHW float32 input; raises ``BadImage`` (``regular_only``: see ``load_rgb``)."""
         side = self.info.input_size
-        pixels = resize_square(load_rgb(path, side), side)
+        pixels = resize_square(load_rgb(path, side, regular_only), side)
         out = np.empty((3, side, side), dtype=np.float32)
         for channel in range(3):
             np.take(self.lookup[channel], pixels[:, :, channel], out=out[channel])
@@ -191,9 +191,10 @@ class Embedder:
 
     def embed_files(self, paths: Iterable[Path], batch_size: int = 8,
                     on_bad: Callable[[int, str], None] | None = None,
-                    on_done: Callable[[int], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
+                    on_done: Callable[[int], None] | None = None,
+                    regular_only: bool = True) -> Iterator[tuple[list[int], np.ndarray]]:
         """Stream ``(positions, vectors)`` batches in order; unreadable files go to ``on_bad(position,
-        reason)`` and are skipped.
+        reason)`` and are skipped (``regular_only``: see ``load_rgb``).
 
         One worker per core decodes a batch and runs it through a single-threaded session, so each core
         alternates decoding and inference on its own. Why: a multi-threaded session waits for its
@@ -202,16 +203,16 @@ class Embedder:
         At most two batches per worker are in flight, so memory stays flat however large the gallery.
         """
         paths = list(paths)
-        workers = self.threads
+        workers = self.threads if len(paths) > batch_size else 1  # one batch: the threaded session
         if workers > 1 and self.stream_session is None:
             self.stream_session = self.open_session(1)
-        session = self.stream_session or self.session
+        session = self.stream_session if workers > 1 else self.session
 
         def work(start):
             positions, inputs, errors = [], [], []
             for position in range(start, min(start + batch_size, len(paths))):
                 try:
-                    inputs.append(self.preprocess(paths[position]))
+                    inputs.append(self.preprocess(paths[position], regular_only))
                     positions.append(position)
                 except BadImage as exc:
                     errors.append((position, str(exc)))

@@ -3,62 +3,146 @@
 Folder layout: one sub-folder per label (its name is the label, spaces and accents included),
 images at any depth below it. List file (PaddleClas style): ``relative/path<TAB>label`` per line,
 paths relative to the gallery root.
+
+Labels are Unicode NFC wherever they come from (folders copied from macOS are NFD), so the same
+label typed or copied twice is one label. File names that are not valid UTF-8 cannot be stored in
+the index; they are skipped with a warning naming them (see ``unstorable``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from shitu.errors import ShituError
 from shitu.imageio import is_image_name
 
+Warn = Callable[[str], None]
+
+
+def warn_on_stderr(message: str):
+    """The default for library callers that pass no ``warn``: a skipped folder is never silent."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def normalise_label(label: str) -> str:
+    """The one form a label is stored and compared in: NFC, surrounding white space removed."""
+    return unicodedata.normalize("NFC", label).strip()
+
+
+def shown(text: str | Path) -> str:
+    """A file name as printable UTF-8: bytes that are not UTF-8 (kept by Python as surrogates) as \\xNN."""
+    return os.fsencode(str(text)).decode("utf-8", "backslashreplace")
+
+
+def unstorable(text: str) -> bool:
+    """Whether ``text`` holds bytes that are not UTF-8, which SQLite and JSON cannot hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
 
 @dataclass(frozen=True)
 class GalleryItem:
-    """One labelled image: ``relpath`` is POSIX-style and relative to the gallery root."""
+    """One labelled image: ``relpath`` is POSIX-style and relative to the gallery root; ``label`` is NFC.
+
+    Every label and stored path of an index passes through here, so this is where they are checked.
+    """
 
     path: Path
     relpath: str
     label: str
 
+    def __post_init__(self):
+        if unstorable(self.relpath) or unstorable(self.label):
+            raise ShituError(f"{shown(self.path)}: the file name (or label) is not valid UTF-8, which an "
+                             f"index cannot store; rename it")
+        object.__setattr__(self, "label", normalise_label(self.label))
 
-def read_gallery(root: str | Path, list_file: str | Path | None = None) -> list[GalleryItem]:
-    """All labelled images of a gallery, sorted by relative path."""
+
+def read_gallery(root: str | Path, list_file: str | Path | None = None,
+                 warn: Warn | None = None) -> list[GalleryItem]:
+    """All labelled images of a gallery, sorted by relative path; what cannot be read goes to ``warn``."""
     root = Path(root)
-    if not root.is_dir():
-        raise ShituError(f"gallery folder not found: {root}")
-    items = read_list_file(root, Path(list_file)) if list_file else walk_folders(root)
+    try:
+        is_folder = root.is_dir()
+    except OSError as exc:  # a parent folder the user may not enter
+        raise ShituError(f"cannot read gallery folder {shown(root)}: {exc.strerror or exc}") from None
+    if not is_folder:
+        raise ShituError(f"gallery folder not found: {shown(root)}")
+    warn = warn or warn_on_stderr
+    items = read_list_file(root, Path(list_file)) if list_file else walk_folders(root, warn)
     if not items:
         source = list_file or root
         raise ShituError(f"no images found in {source} (expected one sub-folder of images per label)")
     return sorted(items, key=lambda item: item.relpath)
 
 
-def walk_folders(root: Path) -> list[GalleryItem]:
+def walk_folders(root: Path, warn: Warn) -> list[GalleryItem]:
     """Images under each label folder; symlinked folders are followed once, loops are cut."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
+    except OSError as exc:
+        raise ShituError(f"cannot read gallery folder {shown(root)}: {exc.strerror or exc}") from None
     items = []
-    for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in iter_images(label_dir):
-            items.append(GalleryItem(path, path.relative_to(root).as_posix(), label_dir.name))
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if unstorable(entry.name):
+            warn(f"skipped folder {shown(entry.path)}: its name is not valid UTF-8 (rename it to index it)")
+            continue
+        for path in iter_images(Path(entry.path), warn, root):
+            items.append(GalleryItem(path, path.relative_to(root).as_posix(), entry.name))
     return items
 
 
-def iter_images(folder: Path):
-    """Image-named files below ``folder``, each real directory visited once (no symlink loops)."""
+def iter_images(folder: Path, warn: Warn | None = None, root: Path | None = None):
+    """Image-named files below ``folder``, each real directory visited once.
+
+    Symlink loops are cut, and so is a link back to the gallery ``root`` (or above it): ``loop -> .``
+    would otherwise file every image again under a label ``loop``. Folders that cannot be listed and
+    names that are not UTF-8 are reported to ``warn`` and skipped.
+    """
+    warn = warn or warn_on_stderr
+    top = os.path.realpath(root if root is not None else folder)
     seen = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+    def unreadable(error: OSError):
+        warn(f"cannot read folder {shown(error.filename)} ({error.strerror}); the images in it were skipped")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames.clear()
             continue
+        if os.path.islink(dirpath) and contains(real, top):
+            warn(f"skipped folder {shown(dirpath)}: it links back to the gallery folder {shown(top)}")
+            dirnames.clear()
+            continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and storable_name(dirpath, d, warn))
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if not name.startswith(".") and is_image_name(path):
+            if not name.startswith(".") and is_image_name(path) and storable_name(dirpath, name, warn):
                 yield path
+
+
+def contains(folder: str, inner: str) -> bool:
+    """Whether real path ``folder`` is ``inner`` or one of its ancestors."""
+    return inner == folder or inner.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def storable_name(dirpath: str, name: str, warn: Warn) -> bool:
+    if unstorable(name):
+        warn(f"skipped {shown(os.path.join(dirpath, name))}: the name is not valid UTF-8 (rename it to index it)")
+        return False
+    return True
 
 
 def read_list_file(root: Path, list_file: Path) -> list[GalleryItem]:
@@ -93,8 +177,11 @@ def parse_list_line(root: Path, list_file: Path, number: int, line: str) -> Gall
 
 
 def inside_root(relpath: str, where: str) -> str:
-    """Normalise a relative path, refusing absolute paths and ``..`` escapes."""
-    normal = os.path.normpath(relpath.replace("\\", "/"))
+    """Normalise a relative path, refusing absolute paths and ``..`` escapes.
+
+    A backslash is kept: on Linux it is an ordinary character of a file name (``x\\y.jpg``).
+    """
+    normal = os.path.normpath(relpath)
     if os.path.isabs(normal) or normal == ".." or normal.startswith("../"):
         raise ShituError(f"{where}: path {relpath!r} is outside the gallery root")
     return Path(normal).as_posix()

@@ -119,7 +119,7 @@ def add_images(paths: list[str | Path], directory: str | Path, embedder: Embedde
         raise ShituError("--label must not be empty")
     report = AddReport()
     with writing(Path(directory), embedder.info) as store:
-        items = collect_items([Path(p) for p in paths], gallery_root(store), label)
+        items = collect_items([Path(p) for p in paths], gallery_root(store), label, warn)
         hashes = hash_items(items, quiet)
         change, todo, replacing = plan_add(store, items, hashes, report)
         fresh = embed_items(items, todo, embedder, quiet, report, warn)
@@ -143,16 +143,16 @@ def add_images(paths: list[str | Path], directory: str | Path, embedder: Embedde
     return report
 
 
-def collect_items(paths: list[Path], root: Path, label: str | None) -> list[GalleryItem]:
+def collect_items(paths: list[Path], root: Path, label: str | None, warn=None) -> list[GalleryItem]:
     """Every image the paths name, once each; anything missing or outside the gallery root is refused."""
     found = {}
     for path in paths:
-        for item in items_below(path, root, label):
+        for item in items_below(path, root, label, warn):
             found.setdefault(item.relpath, item)
     return sorted(found.values(), key=lambda item: item.relpath)
 
 
-def items_below(path: Path, root: Path, label: str | None) -> list[GalleryItem]:
+def items_below(path: Path, root: Path, label: str | None, warn=None) -> list[GalleryItem]:
     """A file with ``label``, or the images below a folder.
 
     Without ``label`` a folder's images are labelled the way build-index labels them, by their
@@ -169,7 +169,7 @@ def items_below(path: Path, root: Path, label: str | None) -> list[GalleryItem]:
             raise ShituError(f"{path}: an image file needs --label")
         return [GalleryItem(path, relative, label)]
     items = []
-    for image in iter_images(path):
+    for image in iter_images(path, warn, root):
         stored = "/".join(part for part in (relative, image.relative_to(path).as_posix()) if part)
         if label is not None or "/" in stored:  # build-index ignores files lying loose in the root
             items.append(GalleryItem(image, stored, label or stored.split("/")[0]))

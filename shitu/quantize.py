@@ -132,8 +132,11 @@ class GalleryCalibration(CalibrationDataReader):
 def quantize_model(model: str | Path, out: str | Path, calibration: list[GalleryItem],
                    reduce_range: bool = True, quiet: bool = False, warn=None) -> QuantizeReport:
     """Write an int8 copy of ``model`` to ``out`` (atomically), calibrated on ``calibration``."""
-    model, out = Path(model), Path(out)
+    out = Path(out)
     embedder = Embedder(model, threads=1)
+    model = embedder.path  # 'fp32' names the shipped model
+    if out.is_dir():
+        raise ShituError(f"--out {out} is a folder; name the int8 .onnx file to write")
     metadata = embedder.session.get_modelmeta().custom_metadata_map
     if "shitu.quantized" in metadata:
         raise ShituError(f"{model} is already quantized ({metadata['shitu.quantized']}); "
@@ -147,7 +150,10 @@ def quantize_model(model: str | Path, out: str | Path, calibration: list[Gallery
         if warn:
             warn(f"skipped {reason}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ShituError(f"cannot write {out}: {exc.strerror or exc}") from None
     with tempfile.TemporaryDirectory(prefix="shitu-quantize-") as tmp, \
             Progress(len(calibration), "calibrating", quiet) as bar:
         reader = GalleryCalibration(embedder, [item.path for item in calibration], bad, bar.advance)
@@ -255,5 +261,9 @@ def write_with_metadata(graph: onnx.ModelProto, out: Path, metadata: dict[str, s
     """Save ``graph`` as ``out`` with ``metadata`` replacing its ``shitu.*`` keys; temp file, then rename."""
     set_shitu_metadata(graph, metadata)
     tmp = out.with_name(f".{out.name}.tmp")
-    onnx.save(graph, str(tmp))
-    tmp.replace(out)
+    try:
+        onnx.save(graph, str(tmp))
+        tmp.replace(out)
+    except OSError as exc:  # a full disk, no permission, --out turned into a folder meanwhile
+        tmp.unlink(missing_ok=True)
+        raise ShituError(f"cannot write {out}: {exc.strerror or exc}") from None

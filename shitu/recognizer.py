@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from shitu.embed import Embedder
-from shitu.errors import BadImage, ShituError
-from shitu.gallery import GalleryItem
+from shitu.errors import ShituError
+from shitu.gallery import GalleryItem, normalise_label
 from shitu.metrics import evaluate, needed_depth, parse_metric
 from shitu.progress import Progress
 from shitu.store import Snapshot, model_for_index, read_snapshot
+
+SHOWN_LABELS = 5  # labels named in a warning; the count says how many there are
 
 
 @dataclass
@@ -68,18 +71,18 @@ class Recognizer:
                 for srow, irow in zip(scores, ids)]
 
     def query(self, images: list[str | Path], topk: int = 5, threshold: float | None = None) -> list[Answer]:
-        """Answer each image; unreadable ones get an ``error`` and no results."""
+        """Answer each image; unreadable ones get an ``error`` and no results.
+
+        Inputs are streamed in bounded batches, as build-index does, so memory does not grow with the
+        number of photos. The photos are the user's own arguments, so a pipe (``<(cat a.jpg)``) works.
+        """
         answers = [Answer(str(image), None) for image in images]
-        inputs, positions = [], []
-        for position, image in enumerate(images):
-            try:
-                inputs.append(self.embedder.preprocess(image))
-                positions.append(position)
-            except BadImage as exc:
-                answers[position].error = str(exc)
-        for start in range(0, len(inputs), 32):
-            vectors = self.embedder.embed_arrays(np.stack(inputs[start:start + 32]))
-            for position, found in zip(positions[start:start + 32], self.matches(vectors, topk)):
+
+        def bad(position, reason):
+            answers[position].error = reason
+
+        for positions, vectors in self.embedder.embed_files(images, on_bad=bad, regular_only=False):
+            for position, found in zip(positions, self.matches(vectors, topk)):
                 answers[position].results = found
                 best = found[0] if found else None
                 if best is not None and (threshold is None or best.score >= threshold):
@@ -94,7 +97,7 @@ class Recognizer:
         snapshot = read_snapshot(self.directory, self.embedder.info, with_vectors=leave_one_out)
         if not snapshot.rows:
             raise ShituError(f"index {self.directory} holds no images: nothing to evaluate")
-        labels = {row_id: row.label for row_id, row in snapshot.rows.items()}
+        labels = {row_id: normalise_label(row.label) for row_id, row in snapshot.rows.items()}
         gallery_labels = list(labels.values())
         depth = needed_depth(metrics, gallery_labels, leave_one_out=leave_one_out)
         if leave_one_out:
@@ -105,6 +108,8 @@ class Recognizer:
             ranked = ranked_labels(snapshot, vectors, depth, labels)
         result = evaluate(ranked, truth, gallery_labels, metrics, leave_one_out=leave_one_out)
         result["gallery"] = len(labels)
+        if result["lone_queries"] and warn:
+            warn(lone_queries_message(truth, gallery_labels, leave_one_out))
         return result
 
     def embed_queries(self, queries: list[GalleryItem], quiet: bool, warn) -> tuple[np.ndarray, list[str]]:
@@ -122,6 +127,16 @@ class Recognizer:
         if not truth:
             raise ShituError("none of the query images could be read")
         return np.concatenate(vectors), truth
+
+
+def lone_queries_message(truth: list[str], gallery_labels: list[str], leave_one_out: bool) -> str:
+    """Which queries the metrics leave out, and why, so a recall over the rest is not taken for all."""
+    sizes = Counter(gallery_labels)
+    lone = Counter(label for label in truth if sizes[label] <= int(leave_one_out))
+    names = ", ".join(repr(label) for label in sorted(lone)[:SHOWN_LABELS])
+    more = f" and {len(lone) - SHOWN_LABELS} more labels" if len(lone) > SHOWN_LABELS else ""
+    why = "the only image of its label" if leave_one_out else "a label the gallery does not hold"
+    return (f"left out {sum(lone.values())} of {len(truth)} queries, each {why}: {names}{more}")
 
 
 def ranked_labels(snapshot: Snapshot, vectors: np.ndarray, depth: int, labels: dict[int, str],

@@ -67,22 +67,40 @@ def save_as(image: Image.Image, path: Path, suffix: str, quality: int, source: P
 
 
 def check_destination(root: Path, out: Path):
-    """The copy must not land on or inside the collection it copies."""
+    """The copy must not land on, inside or around the collection it copies."""
     root, out = root.resolve(), out.resolve()
     if out == root or root in out.parents:
         raise ShituError(f"--out {out} is inside {root}; choose a folder outside the collection")
+    if out in root.parents:
+        raise ShituError(f"--out {out} contains the collection {root}; choose a folder outside it")
+
+
+def safe_target(root: Path, out: Path, relpath: str) -> Path:
+    """Where the copy of ``relpath`` goes, refused if it would land inside the collection ``root``.
+
+    The target's folder is resolved, symlinks and all, before anything is written: a sub-folder of
+    ``--out`` that links into the collection would otherwise overwrite the originals.
+    """
+    target = out / relpath
+    landing = Path(os.path.realpath(target.parent)) / target.name
+    real_root = Path(os.path.realpath(root))
+    if landing == real_root or real_root in landing.parents:
+        raise ShituError(f"{target} would be written inside the collection {real_root} (through a symbolic "
+                         f"link under --out); nothing was written. Remove the link or choose another --out")
+    return target
 
 
 def shrink_collection(root: Path, items: list[GalleryItem], out: Path, side: int, quality: int = 85,
                       on_done: Callable[[], None] | None = None) -> ShrinkReport:
     """Copy ``items`` (images of the collection ``root``) to the same relative paths under ``out``.
 
-    Unreadable images are skipped and reported; the originals are only ever read.
+    Unreadable images are skipped and reported; the originals are only ever read: every target is
+    checked before the first is written.
     """
     check_destination(Path(root), Path(out))
+    targets = [safe_target(Path(root), Path(out), item.relpath) for item in items]
     report = ShrinkReport()
-    for item in items:
-        target = Path(out) / item.relpath
+    for item, target in zip(items, targets):
         try:
             scaled = shrink_file(item.path, target, side, quality)
         except BadImage as exc:
@@ -97,12 +115,12 @@ def shrink_collection(root: Path, items: list[GalleryItem], out: Path, side: int
     return report
 
 
-def collection_items(root: Path, list_files: list[Path] | None) -> list[GalleryItem]:
+def collection_items(root: Path, list_files: list[Path] | None, warn=None) -> list[GalleryItem]:
     """Every image once, even when several list files name it."""
     if not list_files:
-        return read_gallery(root)
+        return read_gallery(root, warn=warn)
     unique = {}
     for list_file in list_files:
-        for item in read_gallery(root, list_file):
+        for item in read_gallery(root, list_file, warn):
             unique.setdefault(item.relpath, item)
     return [unique[key] for key in sorted(unique)]

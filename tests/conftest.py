@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,14 @@ def colour_gallery(tmp_path) -> Path:
             sub = root / label / ("deeper" if n else "")
             solid(sub / f"shot {n}.jpg", rgb, fmt="PNG")
     return root
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """A training test may set PyTorch's thread count (``threads`` in its config); the next test gets
+    the count back."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else None
+    yield
+    if threads is not None:
+        torch.set_num_threads(threads)

@@ -356,3 +356,149 @@ def test_a_really_full_disk_is_one_error_and_keeps_the_index(tmp_path, tiny_mode
         assert "No space left on device" in result.stderr or "disk is full" in result.stderr, result.stderr
         assert {p.name: p.read_bytes() for p in index.iterdir()} == before
     assert check_index(index, tiny_model).ok
+
+
+# -- files and folders that are not what they seem (adversarial pass of 2026-12-01) ------------------
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout=30, user=None):
+    """The real CLI in a subprocess, bounded by ``timeout`` so a hang fails the test instead of hanging it;
+    ``user`` runs it through ``setpriv`` as that uid."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(REPO_ROOT / "cli.py"), *map(str, args)]
+    if user is not None:
+        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+def small_gallery(root):
+    solid(root / "red" / "a.png", (220, 30, 30))
+    solid(root / "blue" / "b.png", (20, 40, 220))
+    return root
+
+
+def test_build_never_hangs_on_a_fifo_or_a_device_or_reads_a_huge_sparse_file(tmp_path, tiny_model):
+    import os
+
+    root = small_gallery(tmp_path / "g")
+    os.mkfifo(root / "red" / "fifo.jpg")
+    (root / "red" / "zero.jpg").symlink_to("/dev/zero")
+    with open(root / "blue" / "sparse.jpg", "wb") as handle:
+        handle.truncate(64 << 30)  # 64 GB of nothing: reading it would take minutes
+    result = run_cli("build-index", root, "--index", tmp_path / "i", "--model", tiny_model, "-q", timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "indexed 2 images" in result.stderr and "3 unreadable skipped" in result.stderr
+    assert_each_bad_file_named(result.stderr, {"fifo.jpg": "a FIFO", "zero.jpg": "a character device",
+                                               "sparse.jpg": "larger than any image file"})
+
+
+def test_a_nul_byte_in_a_list_path_is_skipped_with_a_warning(tmp_path, tiny_model):
+    root = small_gallery(tmp_path / "g")
+    listing = tmp_path / "nul.list"
+    listing.write_text("red/a.png\tred\nre\0d/x.png\tred\nblue/b.png\tblue\n", encoding="utf-8")
+    result = shitu("build-index", root, "--list", listing, "--index", tmp_path / "i", "--model", tiny_model, "-q")
+    assert result.exit_code == 0, result.output
+    assert "NUL byte" in result.stderr and "indexed 2 images" in result.stderr and "1 unreadable" in result.stderr
+
+
+def test_an_unlistable_label_folder_is_named_in_a_warning(tiny_model):
+    import os
+    import shutil
+    import tempfile
+
+    nobody = None
+    if os.geteuid() == 0:  # root lists a chmod-000 folder anyway: run the CLI as nobody
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot drop to a user that a chmod 000 stops")
+        nobody = 65534
+    scratch = tempfile.mkdtemp(prefix="shitu-perm-")  # pytest's own tmp folders are private to root
+    try:
+        top = __import__("pathlib").Path(scratch)
+        top.chmod(0o777)
+        model = top / "model.onnx"
+        shutil.copy(tiny_model, model)
+        root = small_gallery(top / "g")
+        solid(root / "garlic" / "c.png", (240, 240, 235))
+        if nobody is not None:
+            for path in [top, *top.rglob("*")]:
+                os.chown(path, nobody, nobody)
+        (root / "garlic").chmod(0)
+        result = run_cli("build-index", root, "--index", top / "i", "--model", model, "-q", user=nobody)
+        (root / "garlic").chmod(0o755)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    assert "indexed 2 images" in result.stderr
+    assert any(line.startswith("warning: cannot read folder") and "garlic" in line
+               for line in result.stderr.splitlines()), result.stderr
+
+
+def test_a_link_back_to_the_gallery_root_makes_no_label(tmp_path, tiny_model):
+    root = small_gallery(tmp_path / "g")
+    (root / "loop").symlink_to(".")
+    (root / "red" / "up").symlink_to("..")
+    result = shitu("build-index", root, "--index", tmp_path / "i", "--model", tiny_model, "-q")
+    assert result.exit_code == 0, result.output
+    assert {(r.path, r.label) for r in IndexStore.open(tmp_path / "i").all_rows()} == {
+        ("blue/b.png", "blue"), ("red/a.png", "red")}
+    assert "links back to the gallery folder" in result.stderr
+
+
+def test_non_utf8_file_names_are_skipped_by_name_and_json_stays_utf8(tmp_path, tiny_model):
+    import os
+
+    root = small_gallery(tmp_path / "g")
+    odd = os.path.join(os.fsencode(root / "red"), b"caf\xe9.png")
+    with open(odd, "wb") as handle:
+        handle.write((root / "red" / "a.png").read_bytes())
+    os.makedirs(os.path.join(os.fsencode(root), b"k\xff"))
+    index = tmp_path / "i"
+    result = run_cli("build-index", root, "--index", index, "--model", tiny_model, "-q")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "indexed 2 images" in result.stderr
+    assert "caf\\xe9.png" in result.stderr and "k\\xff" in result.stderr and "not valid UTF-8" in result.stderr
+
+    (root / "red" / "new.png").write_bytes((root / "red" / "a.png").read_bytes())
+    result = run_cli("add", root / "red", "--index", index, "--model", tiny_model, "-q")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "1 new images added" in result.stderr and "caf\\xe9.png" in result.stderr
+
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "cli.py"), "query", os.fsdecode(odd), "--index", index,
+                          "--model", str(tiny_model), "--json"], capture_output=True, timeout=30)
+    answers = json.loads(out.stdout.decode("utf-8"))  # strict UTF-8: raises on a raw \xe9 byte
+    assert out.returncode == 0 and answers[0]["image"].endswith("caf\\xe9.png") and answers[0]["label"] == "red"
+
+
+def test_a_backslash_in_a_list_path_is_part_of_the_file_name(tmp_path, tiny_model):
+    root = small_gallery(tmp_path / "g")
+    (root / "red" / "x\\y.png").write_bytes((root / "red" / "a.png").read_bytes())
+    listing = tmp_path / "bs.list"
+    listing.write_text("red/x\\y.png\tred\nblue/b.png\tblue\n", encoding="utf-8")
+    items = read_gallery(root, listing)
+    assert [i.relpath for i in items] == ["blue/b.png", "red/x\\y.png"] and items[1].path.is_file()
+    index = tmp_path / "i"
+    assert shitu("build-index", root, "--list", listing, "--index", index, "--model", tiny_model, "-q").exit_code == 0
+    result = shitu("add", root / "red" / "x\\y.png", "--label", "red", "--index", index, "--model", tiny_model, "-q")
+    assert result.exit_code == 0 and "1 unchanged" in result.stderr, result.output
+    assert IndexStore.open(index).count() == 2
+
+
+def test_adding_a_non_utf8_file_by_name_is_one_error_and_changes_nothing(tmp_path, tiny_model):
+    import os
+
+    root = small_gallery(tmp_path / "g")
+    index = tmp_path / "i"
+    assert shitu("build-index", root, "--index", index, "--model", tiny_model, "-q").exit_code == 0
+    odd = os.path.join(os.fsencode(root / "red"), b"k\xff.png")
+    with open(odd, "wb") as handle:
+        handle.write((root / "red" / "a.png").read_bytes())
+    result = shitu("add", os.fsdecode(odd), "--label", "red", "--index", index, "--model", tiny_model, "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [f"error: {root / 'red'}/k\\xff.png: the file name (or label) is not "
+                                          f"valid UTF-8, which an index cannot store; rename it"]
+    assert IndexStore.open(index).count() == 2

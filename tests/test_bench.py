@@ -30,9 +30,9 @@ def random_lcnet(tmp_path_factory):
     """A random PP-LCNet-2.5x exported at 64 px: a shitu model whose MACs the latency bench can count."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from shitu.nn.export import export_onnx
+    from shitu.train.export import export_onnx
     from shitu.train.config import TrainConfig
-    from shitu.train.loop import build_model
+    from shitu.train.checkpoint import build_model
 
     torch.manual_seed(0)
     config = TrainConfig(data="unused", export_size=64)
@@ -84,13 +84,19 @@ def test_search(tmp_path):
 def test_train_speed(tmp_path):
     pytest.importorskip("torch")
     _, data = bench("train_speed", tmp_path)
-    results = {r["peer"]: r for r in data["results"]}
-    assert "glibc malloc" in results  # jemalloc and tcmalloc appear where they are installed
-    assert all(r["library"] for name, r in results.items() if name != "glibc malloc")
-    assert [r["teacher_views"] for r in results.values()][-1] == 2  # quick: the last peer caches 2 views
-    # quick: one worker per allocator, 2 timed steps of 2 classes x 4 photos
-    assert all(r["batch"] == 8 and len(r["seconds_per_step"]) == 2 for r in results.values())
-    assert all(r["images_per_second"]["median"] > 0 and r["minor_faults_per_step"] > 0 for r in results.values())
+    results = data["results"]
+    assert results[0]["peer"] == "glibc malloc"  # jemalloc and tcmalloc come next where they are installed
+    allocators = [r for r in results if not r["teacher_views"] and not r["distill"]]
+    assert all(r["library"] for r in allocators[1:])
+    cached, recipe = results[-2], results[-1]  # quick: the last allocator with 2 cached views, then the recipe
+    assert cached["teacher_views"] == 2 and cached["library"] == allocators[-1]["library"]
+    assert recipe["distill"] and recipe["size"] == 40 and recipe["batch"] == 16  # 8 products + 8 photos
+    # quick: one worker per peer, 2 timed steps of 2 classes x 4 photos
+    assert all(len(r["seconds_per_step"]) == 2 for r in results)
+    assert all(r["batch"] == 8 for r in results[:-1])
+    assert all(r["images_per_second"]["median"] > 0 and r["minor_faults_per_step"] > 0 for r in results)
+    assert all(r["flops_per_image"] > 0 for r in results)
+    assert all(r["share_of_peak"] is None or 0 < r["share_of_peak"] < 1 for r in results)
 
 
 @pytest.mark.slow

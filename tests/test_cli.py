@@ -209,3 +209,86 @@ def test_rebuild_keeps_the_file_old_readers_use(built, colour_gallery, tiny_mode
     assert shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q").exit_code == 0
     new = IndexStore.open(built).manifest["faiss_file"]
     assert new == "vectors.8.faiss" and sorted(p.name for p in built.glob("*.faiss")) == sorted({old, new})
+
+
+def test_tables_print_labels_verbatim_never_as_markup(tmp_path, tiny_model):
+    root = tmp_path / "g"
+    solid(root / "k.png", (20, 200, 30))
+    solid(root / "g.png", (240, 240, 235))
+    solid(root / "c.png", (200, 20, 20))
+    listing = tmp_path / "markup.list"
+    listing.write_text("k.png\tKiwi [organic]\ng.png\t[bold]Garlic\nc.png\tCola [/can]\n", encoding="utf-8")
+    index = tmp_path / "i"
+    assert shitu("build-index", root, "--list", listing, "--index", index, "--model", tiny_model, "-q").exit_code == 0
+    result = shitu("query", root / "c.png", "--index", index, "--model", tiny_model, "--topk", 3)
+    assert result.exit_code == 0, result.output
+    assert "c.png: Cola [/can]" in result.stdout
+    for label in ("Kiwi [organic]", "[bold]Garlic", "Cola [/can]"):
+        assert label in result.stdout
+    result = shitu("info", "--index", index)
+    assert result.exit_code == 0, result.output
+    assert "Kiwi [organic]" in result.stdout and "[bold]Garlic" in result.stdout and "Cola [/can]" in result.stdout
+
+
+def test_eval_matches_nfd_query_labels_and_warns_about_dropped_queries(tmp_path, tiny_model):
+    import unicodedata
+
+    gallery, queries = tmp_path / "g", tmp_path / "q"
+    for form, root in (("NFC", gallery), ("NFD", queries)):
+        solid(root / unicodedata.normalize(form, "Crème Brûlée") / "a.png", (240, 230, 200))
+        solid(root / unicodedata.normalize(form, "Kiwi Café") / "a.png", (20, 200, 30))
+    solid(queries / "Durian" / "a.png", (200, 200, 20))  # a label the gallery does not hold
+    index = tmp_path / "i"
+    assert shitu("build-index", gallery, "--index", index, "--model", tiny_model, "-q").exit_code == 0
+    result = shitu("eval", "--index", index, "--model", tiny_model, "--queries", queries, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["queries"] == 2 and json.loads(result.stdout)["recall@1"] == 1.0
+    assert "warning: left out 1 of 3 queries" in result.stderr and "'Durian'" in result.stderr
+
+
+def test_add_label_is_stored_in_nfc(built, colour_gallery, tiny_model):
+    import unicodedata
+
+    photo = solid(colour_gallery / "new" / "p.png", (240, 241, 236))
+    result = shitu("add", photo, "--label", unicodedata.normalize("NFD", "Crème Fraîche"), "--index", built,
+                   "--model", tiny_model, "-q")
+    assert result.exit_code == 0, result.output
+    assert IndexStore.open(built).label_counts()["Crème Fraîche"] == 3
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_float_flag_must_be_finite(built, tiny_model, tmp_path, value):
+    photo = solid(tmp_path / "q.png", (210, 35, 25))
+    result = shitu("query", photo, "--index", built, "--model", tiny_model, "--threshold", value, "--json")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: --threshold must be a finite number, got {float(value)}"]
+
+
+def test_query_streams_many_photos_in_bounded_batches(built, tiny_model, tmp_path, monkeypatch):
+    import threading
+
+    from shitu.embed import Embedder
+
+    photo = solid(tmp_path / "q.png", (210, 35, 25))
+    waiting, peak, lock = [0], [0], threading.Lock()
+    preprocess, embed_arrays = Embedder.preprocess, Embedder.embed_arrays
+
+    def counted_preprocess(self, *args, **kwargs):
+        out = preprocess(self, *args, **kwargs)
+        with lock:
+            waiting[0] += 1
+            peak[0] = max(peak[0], waiting[0])
+        return out
+
+    def counted_embed(self, batch, *args, **kwargs):
+        with lock:
+            waiting[0] -= len(batch)
+        return embed_arrays(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(Embedder, "preprocess", counted_preprocess)
+    monkeypatch.setattr(Embedder, "embed_arrays", counted_embed)
+    result = shitu("query", *[photo] * 300, "--index", built, "--model", tiny_model, "--topk", 1, "--json")
+    assert result.exit_code == 0, result.output
+    assert [a["label"] for a in json.loads(result.stdout)] == ["red apple"] * 300
+    import os
+    assert peak[0] <= 2 * 8 * (os.cpu_count() or 1)  # two batches of 8 per worker in flight, never all 300

@@ -11,16 +11,17 @@ pytest.importorskip("onnx")
 from shitu.embed import Embedder  # noqa: E402
 from shitu.gallery import read_gallery  # noqa: E402
 from shitu.imageio import load_rgb, resize_square  # noqa: E402
-from shitu.nn.export import export_onnx  # noqa: E402
+from shitu.train.export import export_onnx  # noqa: E402
 from shitu.train.augment import normalize  # noqa: E402
 from shitu.train.config import TrainConfig  # noqa: E402
-from shitu.train.loop import build_model, recalibrate_batch_norm  # noqa: E402
+from shitu.train.batchnorm import recalibrate_batch_norm
+from shitu.train.checkpoint import build_model  # noqa: E402
 from tests.conftest import GROCERY, REPO  # noqa: E402
 
 
 def real_photos(count: int = 6):
     """Demo gallery photos, plus shared grocery photos when they are present."""
-    photos = [item.path for item in read_gallery(REPO / "gallery" / "demo")][:count]
+    photos = [item.path for item in read_gallery(REPO / "tests" / "synthetic" / "demo")][:count]
     if (GROCERY / "train").is_dir():
         photos += sorted((GROCERY / "train").rglob("*.jpg"))[:count]
     return photos

@@ -9,11 +9,13 @@ pytest.importorskip("onnx")
 import torch.nn.functional as F  # noqa: E402
 
 from shitu.errors import ShituError  # noqa: E402
-from shitu.nn.export import Normalized, write_onnx  # noqa: E402
+from shitu.train.export import Normalized, write_onnx  # noqa: E402
 from shitu.nn.losses import cosine_distillation  # noqa: E402
 from shitu.train.augment import normalize  # noqa: E402
 from shitu.train.config import TrainConfig, load_config  # noqa: E402
-from shitu.train.loop import Trainer, build_model, recalibrate_batch_norm  # noqa: E402
+from shitu.train.batchnorm import recalibrate_batch_norm
+from shitu.train.checkpoint import build_model
+from shitu.train.loop import Trainer  # noqa: E402
 from tests.conftest import write_mean_colour_model  # noqa: E402
 from tests.test_train import DEMO, TINY  # noqa: E402
 

@@ -89,3 +89,21 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(BadImage, match="no such file"):
         load_rgb(tmp_path / "nope.jpg")
+
+
+def test_a_108_megapixel_jpeg_fits_after_draft_decoding(tmp_path):
+    path = tmp_path / "phone.jpg"
+    Image.new("L", (12000, 9000), 128).save(path, quality=50)  # a 108 MP phone photo, in gray to be quick
+    image = load_rgb(path, 160)
+    assert image.mode == "RGB" and image.size == (1500, 1125)  # decoded at 1/8 scale, as the limit assumes
+    with pytest.raises(BadImage, match="80 MP limit"):
+        load_rgb(path)  # decoded in full it would be too large
+
+
+def test_a_float_tiff_in_zero_to_one_keeps_its_brightness(tmp_path):
+    path = tmp_path / "float01.tif"
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32), "F").save(path)
+    assert abs(int(np.asarray(load_rgb(path))[0, 0, 0]) - 128) <= 1
+    path = tmp_path / "float255.tif"
+    Image.fromarray(np.full((8, 8), 200.0, dtype=np.float32), "F").save(path)
+    assert int(np.asarray(load_rgb(path))[0, 0, 0]) == 200

@@ -21,16 +21,16 @@ from shitu.build import build_index  # noqa: E402
 from shitu.embed import Embedder, set_shitu_metadata  # noqa: E402
 from shitu.errors import ShituError  # noqa: E402
 from shitu.gallery import GalleryItem, read_gallery  # noqa: E402
-from shitu.nn.export import Normalized, export_onnx  # noqa: E402
+from shitu.train.export import Normalized, export_onnx  # noqa: E402
 from shitu.quantize import integer_hard_sigmoid, pick_calibration, quantize_model  # noqa: E402
 from shitu.store import IndexStore  # noqa: E402
 from shitu.train.config import TrainConfig  # noqa: E402
-from shitu.train.loop import build_model  # noqa: E402
+from shitu.train.checkpoint import build_model  # noqa: E402
 from tests.conftest import MEAN, REPO, STD  # noqa: E402
 
 SIZE = 96
-DEMO = REPO / "gallery" / "demo"
-QUERIES = REPO / "gallery" / "queries"
+DEMO = REPO / "tests" / "synthetic" / "demo"
+QUERIES = REPO / "tests" / "synthetic" / "queries"
 
 
 def demo_inputs(embedder: Embedder) -> np.ndarray:
@@ -232,3 +232,20 @@ def test_integer_hard_sigmoid_leaves_a_gate_it_cannot_rewrite():
     assert integer_hard_sigmoid(model) == 0  # zero point 7: saturation would not clip at 0
     operators = [node.op_type for node in model.graph.node]
     assert operators == ["DequantizeLinear", "HardSigmoid", "QuantizeLinear"]
+
+
+def test_quantize_takes_the_name_fp32_and_refuses_a_folder_as_out_before_any_work(tmp_path, monkeypatch):
+    import shitu.embed
+
+    model = tiny_shitu_onnx(tmp_path)
+    monkeypatch.setattr(shitu.embed, "default_model_path", lambda int8=False: model)
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not a jpeg")
+    with pytest.raises(ShituError, match="none of the 1 calibration images"):  # got past the fp32 model's size
+        quantize_model("fp32", tmp_path / "out.onnx", [GalleryItem(junk, "x/junk.jpg", "x")], quiet=True)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    calls = []
+    with pytest.raises(ShituError, match="is a folder"):
+        quantize_model(model, folder, [GalleryItem(junk, "x/junk.jpg", "x")], quiet=True, warn=calls.append)
+    assert calls == [] and list(folder.iterdir()) == [] and not list(tmp_path.glob(".models*"))

@@ -104,3 +104,29 @@ def test_lower_quality_gives_smaller_copies(tmp_path):
         assert Image.open(target).size == (150, 150)
         sizes.append(target.stat().st_size)
     assert sizes[0] < 0.7 * sizes[1]
+
+
+def test_shrink_never_writes_through_a_symlink_into_the_source(tmp_path):
+    root, out = tmp_path / "catalogue", tmp_path / "copy"
+    make_collection(root)
+    out.mkdir()
+    (out / "jam").symlink_to(root / "jam")  # a sub-folder of --out that is the collection's own
+    before = {p: digest(p) for p in root.rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["shrink", str(root), "--out", str(out), "--side", "32", "-q"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error:" in result.output and "inside the collection" in result.output
+    assert {p: digest(p) for p in root.rglob("*") if p.is_file()} == before
+    assert not (out / "tea").exists()  # every target is checked before the first is written
+
+
+def test_shrink_refuses_an_out_folder_that_contains_the_source(tmp_path):
+    parent = tmp_path / "shop"
+    root = parent / "Milk"
+    (root / "Milk" / "Milk").mkdir(parents=True)
+    Image.new("RGB", (300, 200), (200, 10, 10)).save(root / "Milk" / "Banana_001.jpg")
+    Image.new("RGB", (300, 200), (10, 200, 10)).save(root / "Milk" / "Milk" / "Banana_001.jpg")
+    before = {p: digest(p) for p in parent.rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["shrink", str(root), "--out", str(parent), "--side", "32", "-q"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "contains the collection" in result.output
+    assert {p: digest(p) for p in parent.rglob("*") if p.is_file()} == before

@@ -6,7 +6,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 
 from shitu.errors import ShituError  # noqa: E402
-from shitu.nn.export import export_onnx, load_checkpoint_model  # noqa: E402
+from shitu.train.checkpoint import load_checkpoint_model
+from shitu.train.export import export_onnx  # noqa: E402
 from shitu.train.augment import normalize  # noqa: E402
 from tests.test_from_onnx import trainer  # noqa: E402
 

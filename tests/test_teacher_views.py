@@ -11,7 +11,7 @@ from shitu.train.config import TrainConfig  # noqa: E402
 from shitu.train.loop import Trainer  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
-DEMO = REPO / "gallery" / "demo"
+DEMO = REPO / "tests" / "synthetic" / "demo"
 
 
 def test_a_fixed_view_depends_only_on_its_key():

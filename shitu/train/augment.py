@@ -10,8 +10,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+from shitu import model_input
+
+MEAN = torch.tensor(model_input.MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(model_input.STD).view(1, 3, 1, 1)
 
 
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:

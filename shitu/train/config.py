@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from shitu.errors import ShituError
 
 
 BACKBONES = ("pplcnet", "efficientnet_lite0", "efficientnet_lite2")
+MIX_KINDS = ("off", "mixup", "cutmix", "both")
 
 
 @dataclass
@@ -43,6 +45,12 @@ class TrainConfig:
     distill_weight: float = 2.0
     distill_kind: str = "cosine"
     teacher_views: int = 0  # > 0: this many fixed augmented views per image, teacher features cached
+    distill_data: str = ""  # root of photos used only under the teacher (no product labels needed)
+    distill_lists: list[str] = field(default_factory=list)  # list files below distill_data; none: walk it
+    distill_batch: int = 0  # distillation photos added to each P x K batch of products
+    distill_val_list: str = ""  # below distill_data: leave-one-out recall@1 by folder, picks best.pt too
+    mix: str = "off"  # off, mixup, cutmix, both: the distillation photos mixed with random batch partners
+    mix_alpha: float = 1.0  # Beta(alpha, alpha) mixing weights
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -82,6 +90,16 @@ class TrainConfig:
             (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
             (self.amp in ("auto", "off", "fp16", "bf16"), "amp must be auto, off, fp16 or bf16"),
             (self.distill_kind in ("cosine", "relational"), "distill_kind must be cosine or relational"),
+            (self.distill_batch >= 0, "distill_batch must be >= 0"),
+            (not (self.distill_batch or self.distill_val_list) or bool(self.distill_data),
+             "distill_batch and distill_val_list need distill_data (the folder of distillation photos)"),
+            (not self.distill_batch or bool(self.teacher and self.distill_weight > 0),
+             "distill_batch needs a teacher and distill_weight > 0"),
+            (self.mix in MIX_KINDS, f"mix must be one of {', '.join(MIX_KINDS)}"),
+            (self.mix_alpha >= 0, "mix_alpha must be >= 0"),
+            (self.mix == "off" or self.distill_batch > 0, "mix mixes the distillation photos: set distill_batch"),
+            (self.teacher_views == 0 or self.distill_batch == 0,
+             "teacher_views caches fixed views of the products; it cannot be combined with distill_batch"),
             (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
             (0.05 <= self.crop_scale_min <= 1.0, "crop_scale_min must be in [0.05, 1]"),
             (self.metric_start_epoch >= 0, "metric_start_epoch must be >= 0"),
@@ -109,7 +127,45 @@ def load_config(path: Path | None, overrides: dict) -> TrainConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ShituError(f"unknown training setting(s): {', '.join(unknown)}")
-    return TrainConfig(**values).validate()
+    return TrainConfig(**{key: typed(key, value) for key, value in values.items()}).validate()
+
+
+LIST_ITEMS = {  # what each element of a list setting must be
+    "lists": lambda item: isinstance(item, str),
+    "distill_lists": lambda item: isinstance(item, str),
+    "resolutions": lambda pair: (isinstance(pair, list) and len(pair) == 2
+                                 and all(isinstance(n, int) and not isinstance(n, bool) for n in pair)),
+}
+
+
+def typed(key: str, value):
+    """``value`` as the type of the setting's default; a mistyped or non-finite value is refused by name."""
+    default = getattr(TrainConfig(), key)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif isinstance(default, list):
+        item_ok = LIST_ITEMS.get(key, lambda item: True)
+        ok = isinstance(value, list) and all(item_ok(item) for item in value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ShituError(f"bad training config: {key} must be {type_name(key, default)}, got {value!r}")
+    return value
+
+
+def type_name(key: str, default) -> str:
+    if isinstance(default, float):
+        return "a finite number"
+    if isinstance(default, list):
+        names = {"resolutions": "a list of [epoch, size] pairs", "lists": "a list of file names",
+                 "distill_lists": "a list of file names"}
+        return names.get(key, "a list")
+    return {bool: "true or false", int: "a whole number", str: "a string"}[type(default)]
 
 
 def to_toml(config: TrainConfig) -> str:

@@ -1,7 +1,7 @@
 """Export a training checkpoint to the ONNX model the inference side loads.
 
 The graph includes L2 normalisation, has a dynamic batch axis, and carries ``shitu.*`` metadata:
-embedding size, input size, mean/std, model name and version.
+embedding size, input size, mean/std, model name and version, and the product labels it trained on.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from shitu.embed import set_shitu_metadata
-from shitu.errors import ShituError
-from shitu.train.augment import MEAN, STD
-from shitu.train.config import TrainConfig
-from shitu.train.loop import best_weights, build_model, calibrate_on_training_data, read_checkpoint
+from shitu.model_input import MEAN, STD
+from shitu.train.batchnorm import calibrate_on_training_data
+from shitu.train.checkpoint import load_teacher, network_of, read_checkpoint
 
 
 class Normalized(nn.Module):
@@ -31,18 +30,6 @@ class Normalized(nn.Module):
         return F.normalize(self.network(images), dim=1)
 
 
-def load_checkpoint_model(checkpoint: Path) -> tuple[nn.Module, TrainConfig, int]:
-    """The eval-mode network of a checkpoint (its EMA weights when it has them), config and epochs."""
-    state = read_checkpoint(checkpoint)
-    try:
-        config = TrainConfig(**state["config"])
-    except TypeError as exc:
-        raise ShituError(f"{checkpoint} is not a shitu training checkpoint ({exc})") from None
-    model = build_model(config)
-    model.load_state_dict(best_weights(state))
-    return model.eval(), config, state["epoch"] + 1
-
-
 def export_onnx(checkpoint: Path, out: Path, name: str | None = None, version: str | None = None,
                 input_size: int | None = None, recalibrate: bool = False) -> Path:
     """Write ``out`` (atomically) from ``checkpoint``; returns the path.
@@ -51,7 +38,8 @@ def export_onnx(checkpoint: Path, out: Path, name: str | None = None, version: s
     batch-norm statistics were measured. ``recalibrate`` re-measures them at the export side on the
     run's training images (needed when exporting at another resolution than the one trained at).
     """
-    model, config, epochs = load_checkpoint_model(Path(checkpoint))
+    state = read_checkpoint(Path(checkpoint))
+    model, config, epochs = network_of(state, Path(checkpoint))
     size = input_size or config.export_size or config.resolution_at(config.epochs - 1)
     if recalibrate:
         calibrate_on_training_data(model, config, size)
@@ -62,6 +50,8 @@ def export_onnx(checkpoint: Path, out: Path, name: str | None = None, version: s
         "shitu.embedding_size": str(config.embedding_size),
         "shitu.input_size": str(size),
         **({"shitu.scale": str(config.scale)} if lcnet else {}),
+        # what it was trained on, so anyone can check that held-out products were not among them
+        "shitu.training_labels": json.dumps(state.get("labels", []), ensure_ascii=False),
     }
     return write_onnx(Normalized(model).eval(), Path(out), size, metadata)
 
@@ -72,9 +62,7 @@ def export_teacher(teacher: str, out: Path, input_size: int = 224) -> Path:
     With it, ``shitu build-index --model`` and ``shitu eval`` measure what a trained model must beat,
     on the same photos and through the same code.
     """
-    from shitu.nn.teacher import Teacher
-
-    network = Teacher(teacher)
+    network = load_teacher(teacher)
     metadata = {"shitu.model_name": f"{teacher}_imagenet", "shitu.model_version": "imagenet",
                 "shitu.embedding_size": str(network.feature_size), "shitu.input_size": str(input_size)}
     return write_onnx(Normalized(network).eval(), Path(out), input_size, metadata)
@@ -92,8 +80,8 @@ def write_onnx(network: nn.Module, out: Path, size: int, metadata: dict[str, str
     graph = onnx.load(str(tmp))
     set_shitu_metadata(graph, {
         **metadata,
-        "shitu.mean": json.dumps([round(v, 4) for v in MEAN.flatten().tolist()]),
-        "shitu.std": json.dumps([round(v, 4) for v in STD.flatten().tolist()]),
+        "shitu.mean": json.dumps([round(v, 4) for v in MEAN]),
+        "shitu.std": json.dumps([round(v, 4) for v in STD]),
     })
     onnx.save(graph, str(tmp))
     tmp.replace(out)
