@@ -19,7 +19,7 @@ from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
 from shitu.imageio import open_image_file
 from shitu.progress import Progress
-from shitu.store import (DB_NAME, FORMAT_VERSION, HNSW_EF_SEARCH, IndexStore, connect, create_schema,
+from shitu.store import (DB_NAME, FORMAT_VERSION, HNSW_EF_SEARCH, IndexStore, connect, create_schema, discard,
                          fsync_path, make_faiss_index, now, remove_stale_faiss, resolve_index_type, vector_blob,
                          write_faiss_file, write_lock)
 
@@ -154,30 +154,48 @@ def assign_ids(items, hashes, keep, fresh, next_id: int) -> list[dict]:
 
 def write_snapshot(directory: Path, rows: list[dict], embedder: Embedder, factory: str,
                    gallery_root: str, previous: Previous):
-    """Write FAISS file, then a complete new database, then swap the database in (the commit)."""
+    """Write FAISS file, then a complete new database, then swap the database in (the commit).
+
+    A failure before the swap (a full disk) deletes both new files, which nothing names yet.
+    """
     generation = highest_generation(directory) + 1
     ids = np.array([r["id"] for r in rows], dtype=np.int64)
     vectors = np.stack([r["vector"] for r in rows]).astype(np.float32)
     index = make_faiss_index(factory, embedder.info.embedding_size, vectors, ids)
     faiss_name = write_faiss_file(directory, index, generation)
-    tmp_db = directory / f".{DB_NAME}.tmp"
-    tmp_db.unlink(missing_ok=True)
-    db = connect(tmp_db)
-    create_schema(db)
-    stamp = now()
-    with db.conn:
-        db["images"].insert_all(({"id": r["id"], "path": r["path"], "label": r["label"], "sha256": r["sha256"],
-                                  "added_at": stamp, "vector": vector_blob(r["vector"])} for r in rows),
-                                batch_size=500)
-        db["manifest"].insert_all(({"key": k, "value": json.dumps(v)} for k, v in
-                                   manifest(embedder, factory, gallery_root, faiss_name, generation,
-                                            rows, previous.next_id).items()), pk="key", replace=True)
-    db.conn.close()
-    fsync_path(tmp_db)
+    entries = manifest(embedder, factory, gallery_root, faiss_name, generation, rows, previous.next_id)
+    try:
+        tmp_db = write_database(directory, rows, entries)
+    except BaseException:
+        discard(directory / faiss_name)
+        raise
     (directory / f"{DB_NAME}-journal").unlink(missing_ok=True)
     os.replace(tmp_db, directory / DB_NAME)
     fsync_path(directory)
     remove_stale_faiss(directory, keep={faiss_name, previous.faiss_file})
+
+
+def write_database(directory: Path, rows: list[dict], entries: dict) -> Path:
+    """A complete new database beside ``gallery.db``, synced; removed again if writing it fails."""
+    tmp_db = directory / f".{DB_NAME}.tmp"
+    tmp_db.unlink(missing_ok=True)
+    db = connect(tmp_db)
+    try:
+        create_schema(db)
+        stamp = now()
+        with db.conn:
+            db["images"].insert_all(({"id": r["id"], "path": r["path"], "label": r["label"],
+                                      "sha256": r["sha256"], "added_at": stamp, "vector": vector_blob(r["vector"])}
+                                     for r in rows), batch_size=500)
+            db["manifest"].insert_all(({"key": k, "value": json.dumps(v)} for k, v in entries.items()),
+                                      pk="key", replace=True)
+        db.conn.close()
+        fsync_path(tmp_db)
+    except BaseException:
+        db.conn.close()
+        discard(tmp_db, directory / f".{DB_NAME}.tmp-journal")
+        raise
+    return tmp_db
 
 
 def manifest(embedder: Embedder, factory: str, gallery_root: str, faiss_name: str, generation: int,

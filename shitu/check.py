@@ -6,6 +6,7 @@ protocol as ``add`` and ``remove`` (``shitu.maintain.commit``), then deletes lef
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import Counter
 from contextlib import contextmanager
@@ -16,9 +17,9 @@ import numpy as np
 
 from shitu.embed import file_sha256
 from shitu.errors import ShituError
-from shitu.maintain import Change, commit, database_errors_explained, show, stored_vectors
-from shitu.store import (DB_NAME, IndexStore, faiss_module, make_faiss_index, model_for_index, try_lock,
-                         write_lock)
+from shitu.maintain import Change, commit
+from shitu.store import (DB_NAME, IndexStore, errors_explained, faiss_module, make_faiss_index, model_for_index,
+                         show, try_lock, write_lock)
 
 NORM_TOLERANCE = 1e-3  # float32 vectors normalised by the embedder are within 1e-6 of unit length
 
@@ -61,7 +62,7 @@ def index_info(directory: str | Path) -> dict:
     """What an index holds and what it was built with."""
     directory = Path(directory)
     store = IndexStore.open(directory)
-    with database_errors_explained(directory):
+    with errors_explained(directory):
         try:
             m = store.manifest
             label_counts = store.label_counts()
@@ -114,12 +115,12 @@ def check_lock(directory: Path, required: bool):
         with write_lock(directory):
             yield True
         return
-    handle = try_lock(directory)
+    fd = try_lock(directory)
     try:
-        yield handle is not None
+        yield fd is not None
     finally:
-        if handle is not None:
-            handle.close()
+        if fd is not None:
+            os.close(fd)
 
 
 def inspect(directory: Path, model_path: Path | None, locked: bool) -> Findings:
@@ -196,7 +197,7 @@ def check_vectors(store: IndexStore, findings: Findings):
 def check_faiss(store: IndexStore, findings: Findings):
     """The manifest's FAISS file loads and holds exactly one vector per row, under the row's id."""
     try:
-        index = store.load_faiss()
+        index = store.read_faiss_file()
     except ShituError as exc:
         findings.problem(str(exc), repairable=True)
         return
@@ -267,8 +268,10 @@ def rebuild_from_stored(directory: Path) -> tuple[str, int]:
     """Commit a FAISS file rebuilt from every stored vector, and a manifest that counts the rows again."""
     store = IndexStore.open(directory)
     try:
-        ids, vectors = stored_vectors(store)
-        index = make_faiss_index(store.manifest["index_type"], store.manifest["embedding_size"], vectors, ids)
-        return commit(store, Change(), index), len(ids)
+        with errors_explained(directory):  # a full disk: reported as a problem like any other
+            ids, vectors = store.all_vectors()
+            index = make_faiss_index(store.manifest["index_type"], store.manifest["embedding_size"], vectors,
+                                     ids)
+            return commit(store, Change(), index), len(ids)
     finally:
         store.db.close()

@@ -68,17 +68,54 @@ def file_sha256(path: Path) -> str:
 
 
 def read_model_info(session, path: Path) -> ModelInfo:
-    """Read the ``shitu.*`` metadata the exporter writes; refuse ONNX files without it."""
+    """Read the ``shitu.*`` metadata the exporter writes; refuse ONNX files without it, with values no
+    exporter writes, or whose graph disagrees with it."""
     meta = session.get_modelmeta().custom_metadata_map
     try:
-        return ModelInfo(
+        info = ModelInfo(
             name=meta["shitu.model_name"], version=meta["shitu.model_version"], sha256=file_sha256(path),
             embedding_size=int(meta["shitu.embedding_size"]), input_size=int(meta["shitu.input_size"]),
-            mean=tuple(json.loads(meta["shitu.mean"])), std=tuple(json.loads(meta["shitu.std"])),
+            mean=channel_values(meta["shitu.mean"], "mean"), std=channel_values(meta["shitu.std"], "std"),
         )
-    except (KeyError, ValueError) as exc:
+    except KeyError as exc:
         raise ShituError(f"{path} is not a shitu model (missing metadata {exc}); export one with "
                          f"'shitu export'") from None
+    except ValueError as exc:
+        raise ShituError(f"{path} is not a shitu model (bad metadata: {exc}); export one with "
+                         f"'shitu export'") from None
+    problem = metadata_problem(info, session)
+    if problem:
+        raise ShituError(f"{path} is not a shitu model ({problem}); export one with 'shitu export'")
+    return info
+
+
+def channel_values(text: str, what: str) -> tuple[float, float, float]:
+    """Three finite per-channel numbers (JSON), as ``mean`` and ``std`` must be."""
+    values = json.loads(text)
+    if not (isinstance(values, list) and len(values) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)):
+        raise ValueError(f"{what} is {text!r}, not three finite numbers")
+    return tuple(float(v) for v in values)
+
+
+def metadata_problem(info: ModelInfo, session) -> str | None:
+    """What in the metadata cannot be right for this graph, or None; dimensions the graph leaves open
+    are checked on the first batch (``Embedder.embed_arrays``)."""
+    if info.embedding_size < 1 or info.input_size < 1:
+        return f"embedding_size {info.embedding_size} and input_size {info.input_size} must be >= 1"
+    if min(info.std) <= 0:
+        return f"std {list(info.std)} must be positive"
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or not outputs:
+        return f"the graph has {len(inputs)} inputs and {len(outputs)} outputs, not one image input"
+    expected = {"input": (inputs[0].shape, [3, info.input_size, info.input_size]),
+                "output": (outputs[0].shape, [info.embedding_size])}
+    for what, (shape, wanted) in expected.items():
+        fixed = list(shape[1:])
+        if len(fixed) != len(wanted) or any(isinstance(have, int) and have != want
+                                            for have, want in zip(fixed, wanted)):
+            return f"its {what} has shape {list(shape)}, the metadata says [batch, {', '.join(map(str, wanted))}]"
+    return None
 
 
 def set_shitu_metadata(model, metadata: dict[str, str]):
@@ -132,11 +169,25 @@ class Embedder:
         return out
 
     def embed_arrays(self, batch: np.ndarray, session=None) -> np.ndarray:
-        """NCHW inputs -> N x D unit vectors (the model normalises; we re-normalise for safety)."""
+        """NCHW inputs -> N x D unit vectors (the model normalises; we re-normalise for safety).
+
+        A model whose output is not N x embedding_size finite, non-zero values is refused: its vectors
+        would be indexed and then never match anything.
+        """
         session = session or self.session
-        vectors = session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        try:
+            vectors = session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        except Exception as exc:  # onnxruntime raises its own untyped errors for inputs it cannot take
+            raise ShituError(f"model {self.path} cannot embed a {batch.shape[-1]} px image: "
+                             f"{str(exc).splitlines()[0]}") from None
+        if vectors.shape != (len(batch), self.info.embedding_size):
+            raise ShituError(f"model {self.path} makes vectors of shape {list(vectors.shape[1:])}, its metadata "
+                             f"says {self.info.embedding_size}: it is not a usable shitu model")
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+        if not (np.isfinite(vectors).all() and np.isfinite(norms).all() and (norms > 0).all()):
+            raise ShituError(f"model {self.path} makes NaN, infinite or zero embeddings: it is not a usable "
+                             f"shitu model")
+        return (vectors / norms).astype(np.float32)
 
     def embed_files(self, paths: Iterable[Path], batch_size: int = 8,
                     on_bad: Callable[[int, str], None] | None = None,

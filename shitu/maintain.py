@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,9 @@ from shitu.build import embed_items, hash_items, highest_generation
 from shitu.embed import Embedder, ModelInfo
 from shitu.errors import ShituError
 from shitu.gallery import GalleryItem, iter_images
-from shitu.store import (DB_NAME, IndexStore, faiss_module, now, remove_stale_faiss,
-                         vector_blob, write_faiss_file, write_lock)
+from shitu.store import (DB_NAME, IndexStore, add_vectors, committed_generation, discard, faiss_module,
+                         load_matching_faiss, now, remove_stale_faiss, vector_blob, write_faiss_file, write_lock)
 
-
-
-SHOWN_IDS = 10  # ids listed per problem; the count says how many there are
 
 
 @dataclass
@@ -80,23 +76,12 @@ def writing(directory: Path, model: ModelInfo | None = None):
     """
     if not (directory / DB_NAME).is_file():
         IndexStore.open(directory)  # the usual "no index" error, before the lock creates a folder
-    with write_lock(directory), database_errors_explained(directory):
+    with write_lock(directory):
         store = IndexStore.open(directory, model)
         try:
             yield store
         finally:
             store.db.close()
-
-
-@contextmanager
-def database_errors_explained(directory: Path):
-    """SQLite's own failures (a damaged page, a full disk) as one line instead of a traceback; a
-    transaction they interrupt is rolled back, so nothing was changed."""
-    try:
-        yield
-    except sqlite3.DatabaseError as exc:
-        raise ShituError(f"index database {directory / DB_NAME} failed: {exc}; nothing was changed "
-                         f"(see 'shitu check --index {directory}')") from None
 
 
 def gallery_root(store: IndexStore) -> Path:
@@ -287,13 +272,11 @@ def updated_faiss(store: IndexStore, change: Change):
     refilled from the vectors stored in SQLite, keeping what they learned in training. A missing,
     damaged or out-of-step FAISS file is refused before anything is written.
     """
-    index = store.load_faiss()
-    if index.ntotal != store.count():
-        raise out_of_step(store, index.ntotal)
+    index = load_matching_faiss(store, store.row_ids())
     if change.delete_ids and not deletes_in_place(index):
         ids, vectors = remaining_vectors(store, change)
         index.reset()
-        index.add_with_ids(vectors, ids)
+        add_vectors(index, vectors, ids, store.manifest["index_type"])
         return index, True
     if change.delete_ids:
         removed = index.remove_ids(np.array(change.delete_ids, dtype=np.int64))
@@ -301,7 +284,7 @@ def updated_faiss(store: IndexStore, change: Change):
             raise out_of_step(store, index.ntotal + removed)
     if change.new_rows:
         ids, vectors = new_vectors(change)
-        index.add_with_ids(vectors, ids)
+        add_vectors(index, vectors, ids, store.manifest["index_type"])
     return index, False
 
 
@@ -312,7 +295,7 @@ def deletes_in_place(index) -> bool:
 
 def remaining_vectors(store: IndexStore, change: Change) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of the stored rows once ``change`` is applied."""
-    ids, vectors = stored_vectors(store)
+    ids, vectors = store.all_vectors()
     keep = ~np.isin(ids, np.array(change.delete_ids, dtype=np.int64))
     ids, vectors = ids[keep], vectors[keep]
     if change.new_rows:
@@ -326,23 +309,6 @@ def new_vectors(change: Change) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.stack([row["vector"] for row in change.new_rows]).astype(np.float32)
 
 
-def stored_vectors(store: IndexStore) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of every row, refusing blobs of the wrong size rather than misreading them."""
-    size = int(store.manifest["embedding_size"])
-    ids, blobs, wrong = [], [], []
-    for row_id, blob in store.execute("select id, vector from images order by id"):
-        if blob is None or len(blob) != size * 4:
-            wrong.append(row_id)
-        else:
-            ids.append(row_id)
-            blobs.append(blob)
-    if wrong:
-        raise ShituError(f"index {store.directory} is damaged: {len(wrong)} stored vectors have the wrong "
-                         f"size (ids {show(wrong)}); rebuild it with 'shitu build-index'")
-    vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), size)
-    return np.array(ids, dtype=np.int64), vectors
-
-
 def out_of_step(store: IndexStore, faiss_count: int) -> ShituError:
     return ShituError(f"index {store.directory} is out of step: {store.manifest['faiss_file']} holds "
                       f"{faiss_count} vectors for {store.count()} rows; run 'shitu check --repair "
@@ -350,11 +316,19 @@ def out_of_step(store: IndexStore, faiss_count: int) -> ShituError:
 
 
 def commit(store: IndexStore, change: Change, index) -> str:
-    """Write ``index`` as the next FAISS generation, then commit ``change`` with a manifest naming it."""
+    """Write ``index`` as the next FAISS generation, then commit ``change`` with a manifest naming it.
+
+    A commit that fails (a full disk) deletes the new FAISS file, which nothing names.
+    """
     previous = store.manifest["faiss_file"]
     generation = max(int(store.manifest["generation"]), highest_generation(store.directory)) + 1
     name = write_faiss_file(store.directory, index, generation)
-    commit_rows(store, change, name, generation, index.ntotal)
+    try:
+        commit_rows(store, change, name, generation, index.ntotal)
+    except BaseException:
+        if committed_generation(store.directory) != generation:
+            discard(store.directory / name)
+        raise
     remove_stale_faiss(store.directory, keep={name, previous})
     return name
 
@@ -420,9 +394,3 @@ def apply_change(conn, change: Change):
                      "values (?, ?, ?, ?, ?, ?)",
                      [(r["id"], r["path"], r["label"], r["sha256"], stamp, vector_blob(r["vector"]))
                       for r in change.new_rows])
-
-
-def show(ids: list[int]) -> str:
-    """The first few ids of a list, and how many more there are."""
-    shown = ", ".join(str(i) for i in ids[:SHOWN_IDS])
-    return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")

@@ -33,7 +33,9 @@ def map_at_r(ranked: np.ndarray, truth: np.ndarray, relevant: np.ndarray) -> flo
     """Mean over queries of precision averaged at each hit within the first R neighbours."""
     scores = []
     for row, label, r in zip(ranked, truth, relevant):
-        hits = row[:r] == label
+        hits = np.zeros(r, dtype=bool)  # an approximate index (IVF) may return fewer than R neighbours
+        found = row[:r] == label
+        hits[:len(found)] = found
         precision = np.cumsum(hits) / np.arange(1, r + 1)
         scores.append(float((precision * hits).sum() / r))
     return float(np.mean(scores))
@@ -43,7 +45,7 @@ def needed_depth(metrics: list[str], gallery_labels: list[str], leave_one_out: b
     """How many neighbours per query the metrics need (MAP@R needs the largest class size)."""
     depth = max((int(m.split("@")[1]) for m in metrics if m.startswith("recall@")), default=1)
     if "map@r" in metrics:
-        depth = max(depth, max(Counter(gallery_labels).values()) - int(leave_one_out))
+        depth = max(depth, max(Counter(gallery_labels).values(), default=0) - int(leave_one_out))
     return max(1, min(depth, len(gallery_labels) - int(leave_one_out)))
 
 
@@ -59,7 +61,7 @@ def evaluate(ranked_labels: list[list[str]], query_labels: list[str], gallery_la
     keep = relevant > 0
     if not keep.any():
         raise ShituError("no query has a label that is also in the gallery: nothing to evaluate")
-    width = max(len(row) for row in ranked_labels)
+    width = max((len(row) for row in ranked_labels), default=0)
     ranked = np.full((len(ranked_labels), width), None, dtype=object)
     for i, row in enumerate(ranked_labels):
         ranked[i, :len(row)] = row

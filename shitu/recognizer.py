@@ -95,6 +95,8 @@ class Recognizer:
         metrics = [parse_metric(m) for m in metrics] or ["recall@1"]
         leave_one_out = queries is None
         snapshot = read_snapshot(self.directory, self.embedder.info, with_vectors=leave_one_out)
+        if not snapshot.rows:
+            raise ShituError(f"index {self.directory} holds no images: nothing to evaluate")
         labels = {row_id: normalise_label(row.label) for row_id, row in snapshot.rows.items()}
         gallery_labels = list(labels.values())
         depth = needed_depth(metrics, gallery_labels, leave_one_out=leave_one_out)

@@ -226,6 +226,138 @@ def test_list_file_parser_on_random_bytes(scratch, data):
     assert_items_or_shitu_error(scratch, list_file)
 
 
+# -- models and index types that cannot work (issue #21) ---------------------------------------------
+def variant_model(tiny_model, path, metadata=None, nan=False):
+    """The mean-colour model with some metadata replaced, or with NaN output."""
+    import onnx
+    from onnx import helper
+
+    from shitu.embed import set_shitu_metadata
+
+    model = onnx.load(str(tiny_model))
+    if nan:  # 0 / 0 before the normalisation: every embedding is NaN
+        graph = model.graph
+        graph.node[-1].input[0] = "nan"
+        graph.node.insert(len(graph.node) - 1, helper.make_node("Sub", ["flat", "flat"], ["zero"]))
+        graph.node.insert(len(graph.node) - 1, helper.make_node("Div", ["zero", "zero"], ["nan"]))
+    meta = {e.key: e.value for e in model.metadata_props if e.key.startswith("shitu.")}
+    set_shitu_metadata(model, {**meta, **(metadata or {})})
+    onnx.save(model, str(path))
+    return path
+
+
+BAD_METADATA = {
+    "embedding_size 128": ({"shitu.embedding_size": "128"}, "its output has shape"),
+    "input_size 100": ({"shitu.input_size": "100"}, "its input has shape"),
+    "input_size 0": ({"shitu.input_size": "0"}, "input_size 0 must be >= 1"),
+    "one mean value": ({"shitu.mean": "[0.5]"}, "not three finite numbers"),
+    "mean a string": ({"shitu.mean": '"abc"'}, "not three finite numbers"),
+    "std zero": ({"shitu.std": "[0, 0, 0]"}, "must be positive"),
+    "std NaN": ({"shitu.std": "[NaN, 1, 1]"}, "not three finite numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_METADATA))
+def test_model_with_impossible_metadata_is_refused_as_not_a_shitu_model(tmp_path, tiny_model, case):
+    metadata, message = BAD_METADATA[case]
+    model = variant_model(tiny_model, tmp_path / "bad.onnx", metadata)
+    solid(tmp_path / "g" / "red" / "a.png", (220, 30, 30))
+    result = shitu("build-index", tmp_path / "g", "--index", tmp_path / "index", "--model", model, "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.stderr.startswith("error: ") and "is not a shitu model" in result.stderr
+    assert message in result.stderr, result.stderr
+    assert not (tmp_path / "index" / "gallery.db").exists()
+
+
+class ShapeShifter:
+    """A session whose graph leaves its output size open and then makes vectors of another size."""
+
+    def run(self, names, feeds):
+        return [np.ones((len(next(iter(feeds.values()))), 5), dtype=np.float32)]
+
+
+def test_model_whose_output_size_disagrees_at_run_time_is_refused(tiny_model):
+    from shitu.embed import Embedder
+
+    embedder = Embedder(tiny_model)
+    batch = np.zeros((2, 3, 32, 32), dtype=np.float32)
+    with pytest.raises(ShituError, match=r"makes vectors of shape \[5\], its metadata says 3"):
+        embedder.embed_arrays(batch, ShapeShifter())
+
+
+def test_model_that_emits_nan_is_refused_and_the_index_is_kept(tmp_path, tiny_model):
+    gallery, index = tmp_path / "g", tmp_path / "index"
+    solid(gallery / "red" / "a.png", (220, 30, 30))
+    solid(gallery / "blue" / "b.png", (20, 40, 220))
+    assert shitu("build-index", gallery, "--index", index, "--model", tiny_model, "-q").exit_code == 0
+    before = {p.name: p.read_bytes() for p in index.iterdir()}
+    model = variant_model(tiny_model, tmp_path / "nan.onnx", nan=True)
+    for target in (index, tmp_path / "fresh"):
+        result = shitu("build-index", gallery, "--index", target, "--model", model, "-q")
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.stderr.startswith("error: ") and "NaN, infinite or zero embeddings" in result.stderr
+    assert {p.name: p.read_bytes() for p in index.iterdir()} == before
+    assert not (tmp_path / "fresh" / "gallery.db").exists()
+    result = shitu("query", gallery / "red" / "a.png", "--index", tmp_path / "fresh", "--model", model)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IDMap,Flat", "IDMap2,HNSW32"])
+def test_index_type_with_its_own_id_map_is_one_error(tmp_path, tiny_model, factory):
+    solid(tmp_path / "g" / "red" / "a.png", (220, 30, 30))
+    result = shitu("build-index", tmp_path / "g", "--index", tmp_path / "index", "--model", tiny_model,
+                   "--index-type", factory, "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.stderr.startswith(f"error: index type '{factory}' cannot hold shitu's ids")
+    assert not (tmp_path / "index" / "gallery.db").exists()
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 600 KB tmpfs: a real full disk (root only; skipped where mounting is not allowed)."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a real full disk needs root and permission to mount a tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_really_full_disk_is_one_error_and_keeps_the_index(tmp_path, tiny_model, tiny_filesystem):
+    import os
+
+    from shitu.check import check_index
+
+    gallery, index = tmp_path / "g", tiny_filesystem / "index"
+    for n in range(4):
+        solid(gallery / f"label{n % 2}" / f"{n}.png", (40 * n, 200 - 30 * n, 90), size=(16, 12))
+    assert shitu("build-index", gallery, "--index", index, "--model", tiny_model, "-q").exit_code == 0
+    before = {p.name: p.read_bytes() for p in index.iterdir()}
+    fill = os.open(tiny_filesystem / "fill", os.O_WRONLY | os.O_CREAT)  # every byte the tmpfs has left
+    try:
+        while os.write(fill, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fill)
+    for n in range(40):  # enough new rows to need new database pages
+        solid(gallery / "label0" / f"new{n}.png", (5 * n, 90, 200 - 4 * n), size=(16, 12))
+    for args in (["build-index", gallery], ["add", gallery / "label0"]):
+        result = shitu(*args, "--index", index, "--model", tiny_model, "-q")
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.stderr.startswith("error: index ") and len(result.stderr.splitlines()) == 1
+        assert "No space left on device" in result.stderr or "disk is full" in result.stderr, result.stderr
+        assert {p.name: p.read_bytes() for p in index.iterdir()} == before
+    assert check_index(index, tiny_model).ok
+
+
 # -- files and folders that are not what they seem (adversarial pass of 2026-12-01) ------------------
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

@@ -2,6 +2,7 @@
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from shitu.errors import ShituError
-from shitu.store import DB_NAME, LOCK_NAME, IndexStore, read_snapshot, write_faiss_file, write_lock
+from shitu.store import DB_NAME, IndexStore, read_snapshot, write_faiss_file, write_lock
 from tests.conftest import colour_embedding, solid
 
 runner = CliRunner()
@@ -40,8 +41,8 @@ def rows(index):
 
 
 def snapshot(index):
-    """Every byte a change could touch (the lock file aside)."""
-    return {p.name: p.read_bytes() for p in sorted(index.iterdir()) if p.name != LOCK_NAME}
+    """Every byte a change could touch."""
+    return {p.name: p.read_bytes() for p in sorted(index.iterdir())}
 
 
 def set_manifest(index, key, value):
@@ -251,7 +252,7 @@ def test_damaged_database_page_is_reported_without_traceback(built, colour_galle
     assert code == 1 and "gallery.db is damaged" in report["problems"][0]
     new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
     codes = []
-    for args in (["remove", "--label", "blue can"], ["add", new, "--label", "x", "--model", tiny_model],
+    for args in (["remove", "--label", "blue can"], ["add", new, "--label", "x", "--model", tiny_model, "-q"],
                  ["info"]):
         result = shitu(*args, "--index", built)  # whether SQLite notices depends on the pages touched
         assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
@@ -336,3 +337,328 @@ def test_reader_stops_when_the_database_was_rebuilt_under_it(built, colour_galle
     build(colour_gallery, built, tiny_model)  # renames a new gallery.db over the one the reader has open
     with pytest.raises(ShituError, match="rebuilt while this command was reading"):
         reader.rows([1])
+
+
+# -- damage found on open (issue #21) ----------------------------------------------------------------
+def raw_sql(index, sql, params=()):
+    with sqlite3.connect(index / DB_NAME) as conn:
+        conn.execute(sql, params)
+    conn.close()
+
+
+def assert_one_error_line(result, *needles):
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and result.stderr.startswith("error: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+MANIFEST_DAMAGE = {
+    "value not JSON": ("update manifest set value = 'not json' where key = 'count'", "'count' is not JSON"),
+    "no model_sha256": ("delete from manifest where key = 'model_sha256'", "'model_sha256' is missing"),
+    "no faiss_file": ("delete from manifest where key = 'faiss_file'", "'faiss_file' is missing"),
+    "generation a string": ("update manifest set value = '\"x\"' where key = 'generation'", "'generation' is 'x'"),
+    "faiss_file a path": ("update manifest set value = '\"../../x.faiss\"' where key = 'faiss_file'",
+                          "not a vectors.N.faiss name"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(MANIFEST_DAMAGE))
+def test_damaged_manifest_is_one_error_everywhere_and_a_problem_for_check(built, colour_gallery, tiny_model,
+                                                                          tmp_path, damage):
+    sql, message = MANIFEST_DAMAGE[damage]
+    raw_sql(built, sql)
+    files = snapshot(built)
+    code, report = check(built, "--model", tiny_model)
+    assert code == 1 and any(message in p and "manifest" in p for p in report["problems"]), report
+    photo = solid(tmp_path / "q.png", (220, 30, 30))
+    new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
+    for args in (["query", photo, "--model", tiny_model], ["eval", "--model", tiny_model], ["info"],
+                 ["add", new, "--label", "green tea", "--model", tiny_model], ["remove", "--label", "blue can"],
+                 ["check", "--repair", "--model", tiny_model]):
+        result = shitu(*args, "--index", built)
+        if args[0] == "check":
+            assert result.exit_code == 1 and "Traceback" not in result.output and message in result.stdout
+        else:
+            assert_one_error_line(result, message)
+    assert snapshot(built) == files
+    assert build(colour_gallery, built, tiny_model)  # a rebuild replaces the damaged index
+    assert check(built, "--model", tiny_model)[0] == 0
+
+
+def write_live_faiss(index, faiss_index):
+    """Overwrite the live FAISS file in place, as damage or a careless tool would."""
+    import faiss
+
+    faiss.write_index(faiss_index, str(index / IndexStore.open(index).manifest["faiss_file"]))
+
+
+def test_faiss_file_of_the_wrong_dimension_is_refused_before_anything_is_written(built, tiny_model, tmp_path):
+    import faiss
+
+    wrong = faiss.IndexIDMap2(faiss.IndexFlatIP(4))
+    wrong.add_with_ids(np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]], np.arange(1, 7))
+    write_live_faiss(built, wrong)
+    files = snapshot(built)
+    photo = solid(tmp_path / "q.png", (220, 30, 30))
+    for args in (["query", photo, "--model", tiny_model], ["eval", "--model", tiny_model],
+                 ["remove", "--label", "blue can"]):
+        assert_one_error_line(shitu(*args, "--index", built), "holds 4-d vectors", "check --repair")
+    assert snapshot(built) == files  # remove refused before committing on top of it
+    code, report = check(built, "--model", tiny_model, "--repair")
+    assert code == 0 and report["repaired"]
+    answer = json.loads(shitu("query", photo, "--index", built, "--model", tiny_model, "--json").stdout)
+    assert answer[0]["label"] == "red apple"
+
+
+def test_faiss_file_without_its_id_map_never_answers(built, tiny_model, tmp_path):
+    import faiss
+
+    ids, vectors = IndexStore.open(built).all_vectors()
+    plain = faiss.IndexFlatIP(3)
+    plain.add(vectors)  # the same vectors, but FAISS would answer with positions, not ids
+    write_live_faiss(built, plain)
+    photo = solid(tmp_path / "q.png", (20, 40, 220))
+    result = shitu("query", photo, "--index", built, "--model", tiny_model, "--json")
+    assert_one_error_line(result, "is not an id-mapped index")
+    assert result.stdout == ""
+    assert check(built, "--model", tiny_model)[0] == 1
+
+
+def test_faiss_file_out_of_step_with_the_rows_is_refused_by_readers(built, tiny_model, tmp_path):
+    index = IndexStore.open(built).load_faiss()
+    index.remove_ids(np.array([2], dtype=np.int64))
+    write_live_faiss(built, index)
+    photo = solid(tmp_path / "q.png", (220, 30, 30))
+    assert_one_error_line(shitu("query", photo, "--index", built, "--model", tiny_model), "out of step")
+
+
+def test_stored_vector_of_the_wrong_size_is_one_error_in_eval(built, colour_gallery, tiny_model):
+    raw_sql(built, "update images set vector = x'00000000' where id = 3")
+    assert_one_error_line(shitu("eval", "--index", built, "--model", tiny_model, "-q"),
+                          "1 stored vectors have the wrong size (ids 3)")
+    build(colour_gallery, built, tiny_model)  # the rebuild re-embeds the damaged row
+    result = shitu("eval", "--index", built, "--model", tiny_model, "-q", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["recall@1"] == 1.0
+
+
+# -- eval --metric map@r -----------------------------------------------------------------------------
+def test_map_at_r_works_on_an_ivf_index_that_returns_fewer_than_r_neighbours(colour_gallery, tiny_model,
+                                                                              tmp_path):
+    for n in range(6):
+        solid(colour_gallery / "green tea" / f"{n}.png", (20, 150 + 10 * n, 30 + 5 * n))
+    index = build(colour_gallery, tmp_path / "ivf", tiny_model, "IVF4,Flat")
+    set_manifest(index, "nprobe", 1)  # one list of four searched: fewer than R neighbours come back
+    _, ids = read_snapshot(index).search(np.float32([colour_embedding((220, 30, 30))]), 12)
+    assert (ids == -1).any()
+    for extra in ([], ["--queries", colour_gallery]):
+        result = shitu("eval", "--index", index, "--model", tiny_model, "--metric", "map@r", "--metric",
+                       "recall@1", "--json", "-q", *extra)
+        assert result.exit_code == 0, result.output
+        value = json.loads(result.stdout)["map@r"]
+        assert 0.0 < value <= 1.0
+
+
+def test_map_at_r_on_an_empty_index_is_one_error(built, colour_gallery, tiny_model):
+    result = shitu("remove", "--label", "red apple", "--label", "blue can", "--label", "Crème Fraîche",
+                   "--index", built)
+    assert result.exit_code == 0 and "0 images of 0 labels" in result.stderr
+    for extra in ([], ["--queries", colour_gallery]):
+        result = shitu("eval", "--index", built, "--model", tiny_model, "--metric", "map@r", "-q", *extra)
+        assert_one_error_line(result, "holds no images")
+
+
+# -- the writer lock -----------------------------------------------------------------------------------
+HOLDER = """
+import sys, time
+from pathlib import Path
+from shitu.store import write_lock
+with write_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_writer_in(built, colour_gallery, tiny_model):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(built)], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for path in built.iterdir():  # whatever looks like a lock file goes: the lock must not be one
+            if path.name.startswith(".") or "lock" in path.name:
+                path.unlink()
+        files = snapshot(built)
+        new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
+        for args in (["add", new, "--label", "green tea", "--model", tiny_model],
+                     ["remove", "--label", "blue can"], ["check", "--repair"],
+                     ["build-index", colour_gallery, "--model", tiny_model, "-q"]):
+            assert_one_error_line(shitu(*args, "--index", built), "another shitu process is changing")
+        assert snapshot(built) == files
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    assert shitu("remove", "--label", "blue can", "--index", built).exit_code == 0  # free again
+
+
+def test_a_folder_where_the_old_lock_file_was_is_harmless(built, colour_gallery, tiny_model):
+    (built / ".write.lock").mkdir()
+    assert check(built, "--model", tiny_model)[0] == 0
+    new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
+    result = shitu("add", new, "--label", "green tea", "--index", built, "--model", tiny_model, "-q")
+    assert result.exit_code == 0, result.output
+
+
+def test_index_path_that_is_a_file_or_below_a_file_is_one_error(colour_gallery, tiny_model, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("hello\n")
+    for index, message in ((afile, "is a file, not an index folder"), (afile / "sub", "Not a directory")):
+        result = shitu("build-index", colour_gallery, "--index", index, "--model", tiny_model, "-q")
+        assert_one_error_line(result, message)
+        for args in (["check"], ["info"], ["remove", "--label", "x"]):
+            assert_one_error_line(shitu(*args, "--index", index), "no index at")
+    assert afile.read_text() == "hello\n"
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+AS_NOBODY = """
+import json, sys
+from typer.testing import CliRunner
+from cli import app
+runs = [CliRunner().invoke(app, args) for args in json.loads(sys.argv[1])]
+print(json.dumps([[r.exit_code, r.stdout, r.stderr] for r in runs]))
+"""
+
+
+@pytest.fixture
+def world_readable(tmp_path):
+    """A scratch folder another user can read (pytest's own are private to root)."""
+    import os
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("permission cases need root and setpriv to run as the user nobody")
+    folder = Path(tempfile.mkdtemp(prefix="shitu-perm-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_index_folder_the_user_cannot_write_reads_fine_and_refuses_writes(built, colour_gallery, tiny_model,
+                                                                          world_readable):
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    index, gallery, model = world_readable / "index", world_readable / "gallery", world_readable / "m.onnx"
+    shutil.copytree(built, index)
+    shutil.copytree(colour_gallery, gallery)
+    shutil.copy(tiny_model, model)
+    files = snapshot(index)
+    photo = gallery / "red apple" / "shot 0.jpg"
+    commands = [["check", "--index", index, "--model", model],
+                ["query", photo, "--index", index, "--model", model, "--json"],
+                ["eval", "--index", index, "--model", model, "-q"],
+                ["add", photo, "--label", "x", "--index", index, "--model", model, "-q"],
+                ["check", "--repair", "--index", index, "--model", model],
+                ["build-index", gallery, "--index", "/", "--model", model, "-q"]]
+    child = subprocess.run([*NOBODY, sys.executable, "-c", AS_NOBODY,
+                            json.dumps([[str(a) for a in c] for c in commands])],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    runs = json.loads(child.stdout)
+    for (code, out, err), command in zip(runs[:3], commands):
+        assert code == 0 and "Traceback" not in out + err, (command, out, err)
+    assert json.loads(runs[1][1])[0]["label"] == "red apple"
+    for code, out, err in runs[3:]:
+        assert code == 1 and err.startswith("error: cannot write to index folder") and "Traceback" not in out
+    assert snapshot(index) == files
+
+
+# -- full disk and other refused writes ----------------------------------------------------------------
+def enospc(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device", args[0] if args else None)
+
+
+def faiss_write_error(*args, **kwargs):
+    raise RuntimeError("Error in void faiss::write_index(...) at impl/index_write.cpp:100: write error")
+
+
+def sqlite_full(*args, **kwargs):
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+def damage_ways(monkeypatch):
+    """Ways a write fails on a full disk, each installed by a function of its own."""
+    import faiss
+
+    import shitu.build
+    import shitu.maintain
+    import shitu.store
+
+    return {"faiss write error": lambda: monkeypatch.setattr(faiss, "write_index", faiss_write_error),
+            "ENOSPC on fsync": lambda: monkeypatch.setattr(shitu.store, "fsync_path", enospc),
+            "ENOSPC on rename": lambda: monkeypatch.setattr(shitu.store.os, "replace", enospc),
+            "sqlite full in a rebuild": lambda: monkeypatch.setattr(shitu.build, "vector_blob", sqlite_full),
+            "sqlite full in place": lambda: monkeypatch.setattr(shitu.maintain, "apply_change", sqlite_full)}
+
+
+FAILING = {  # the commands each way of failing reaches
+    "faiss write error": {"build-index", "repair", "add", "remove"},
+    "ENOSPC on fsync": {"build-index", "repair", "add", "remove"},
+    "ENOSPC on rename": {"build-index", "repair", "add", "remove"},
+    "sqlite full in a rebuild": {"build-index"},
+    "sqlite full in place": {"repair", "add", "remove"},
+}
+
+
+@pytest.mark.parametrize("way", sorted(FAILING))
+def test_full_disk_in_build_add_remove_and_repair_is_one_error_and_keeps_the_index(
+        built, colour_gallery, tiny_model, monkeypatch, way):
+    new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
+    commands = {"build-index": ["build-index", colour_gallery, "--model", tiny_model, "-q"],
+                "add": ["add", new, "--label", "green tea", "--model", tiny_model, "-q"],
+                "remove": ["remove", "--label", "blue can"], "repair": ["check", "--repair"]}
+    for name in ("build-index", "add", "remove", "repair"):
+        if name not in FAILING[way]:
+            continue
+        if name == "repair":  # give it something to repair
+            (built / IndexStore.open(built).manifest["faiss_file"]).unlink()
+        files = snapshot(built)
+        with monkeypatch.context() as patched:
+            damage_ways(patched)[way]()
+            result = shitu(*commands[name], "--index", built)
+        if name == "repair":
+            assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+            assert "problem: cannot repair: index " in result.stdout, result.stdout
+        else:
+            assert_one_error_line(result, "error: index ")
+        assert snapshot(built) == files, name  # no temp file left, nothing committed
+    assert check(built, "--model", tiny_model, "--repair")[0] == 0
+
+
+def test_faiss_ids_that_name_no_row_are_refused_not_looked_up(built, colour_gallery, tiny_model, tmp_path):
+    import faiss
+
+    ids, vectors = IndexStore.open(built).all_vectors()
+    shifted = faiss.IndexIDMap2(faiss.IndexFlatIP(3))
+    shifted.add_with_ids(vectors, ids + 1000)  # as many vectors as rows, under ids no row has
+    write_live_faiss(built, shifted)
+    files = snapshot(built)
+    photo = solid(tmp_path / "q.png", (220, 30, 30))
+    new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
+    for args in (["query", photo, "--model", tiny_model], ["eval", "--model", tiny_model, "-q"],
+                 ["add", new, "--label", "green tea", "--model", tiny_model, "-q"]):
+        assert_one_error_line(shitu(*args, "--index", built), "out of step", "check --repair")
+    assert snapshot(built) == files

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shitu.errors import ShituError
-from shitu.metrics import evaluate, parse_metric, recall_at_1_of_vectors
+from shitu.metrics import evaluate, needed_depth, parse_metric, recall_at_1_of_vectors
 
 
 def test_recall_and_map_at_r_by_hand():
@@ -47,3 +47,13 @@ def test_recall_at_1_of_vectors_never_matches_a_photo_with_itself():
     assert recall_at_1_of_vectors(vectors, labels, vectors, labels, leave_one_out=True) == 0.5
     assert recall_at_1_of_vectors(vectors[:1], ["a"], vectors[1:], ["a", "b"]) == 1.0
 
+
+
+def test_map_at_r_counts_neighbours_an_approximate_index_did_not_return_as_misses():
+    # R = 3 for label a, but only one neighbour came back (IVF probing too few lists): 1/3, no crash.
+    result = evaluate([["a"], ["b", "a", "a"]], ["a", "a"], ["a", "a", "a"], ["map@r"])
+    assert result["map@r"] == pytest.approx((1 / 3 + (1 / 2 + 2 / 3) / 3) / 2)
+
+
+def test_needed_depth_of_an_empty_gallery_is_one_not_a_crash():
+    assert needed_depth(["map@r"], [], leave_one_out=True) == 1
