@@ -333,6 +333,8 @@ def info(
     fields = [[key, value] for key, value in data.items() if key not in ("model", "label_counts", "bytes")]
     fields += [["model", f"{data['model']['name']} {data['model']['version']} "
                          f"(sha256 {data['model']['sha256'][:12]})"]]
+    trained = data["model"]["training_labels"]
+    fields += [["model trained on", "not recorded" if trained is None else f"{trained} product labels"]]
     fields += [[f"{what} bytes", size] for what, size in data["bytes"].items()]
     print_table(f"index {index}", ["field", "value"], fields)
     print_table("images per label", ["label", "images"], [[k, v] for k, v in data["label_counts"].items()])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shitu.embed import file_sha256
+from shitu.embed import file_sha256, recorded_training_labels
 from shitu.errors import ShituError
 from shitu.maintain import Change, commit
 from shitu.store import (DB_NAME, IndexStore, errors_explained, faiss_module, make_faiss_index, model_for_index,
@@ -67,7 +67,7 @@ def index_info(directory: str | Path) -> dict:
             m = store.manifest
             label_counts = store.label_counts()
             model = {"name": m["model_name"], "version": m["model_version"], "sha256": m["model_sha256"],
-                     "path": m.get("model_path")}
+                     "path": m.get("model_path"), "training_labels": training_label_count(m.get("model_path"))}
             return {"index": str(directory), "format_version": m["format_version"], "model": model,
                     "embedding_size": m["embedding_size"], "index_type": m["index_type"],
                     "count": store.count(), "labels": len(label_counts), "label_counts": label_counts,
@@ -76,6 +76,14 @@ def index_info(directory: str | Path) -> dict:
                     "updated_at": m.get("updated_at", ""), "bytes": disk_usage(directory, m["faiss_file"])}
         finally:
             store.db.close()
+
+
+def training_label_count(model_path: str | None) -> int | None:
+    """How many product labels the index's model was trained on, when it records them."""
+    if not model_path or not Path(model_path).is_file():
+        return None
+    labels = recorded_training_labels(Path(model_path))
+    return None if labels is None else len(labels)
 
 
 def disk_usage(directory: Path, faiss_file: str) -> dict:

@@ -118,6 +118,20 @@ def metadata_problem(info: ModelInfo, session) -> str | None:
     return None
 
 
+def recorded_training_labels(path: Path) -> list[str] | None:
+    """The product labels a model's training used (``shitu.training_labels``), so anyone can check that
+    the products they measure it on were not among them; None when the model does not record them or
+    cannot be read."""
+    import onnxruntime as ort
+
+    try:
+        meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+        labels = json.loads(meta.custom_metadata_map["shitu.training_labels"])
+    except (KeyError, ValueError, OSError, RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail):
+        return None
+    return labels if isinstance(labels, list) and all(isinstance(x, str) for x in labels) else None
+
+
 def set_shitu_metadata(model, metadata: dict[str, str]):
     """Replace the ``shitu.*`` entries of an ONNX ``ModelProto``'s metadata, keeping any others.
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from cli import app
 from shitu.errors import ShituError
 from shitu.store import DB_NAME, IndexStore, read_snapshot, write_faiss_file, write_lock
-from tests.conftest import colour_embedding, solid
+from shitu.embed import set_shitu_metadata
+from tests.conftest import colour_embedding, solid, write_mean_colour_model
 
 runner = CliRunner()
 EXTRA = {"green tea": (20, 200, 30), "yellow box": (230, 220, 20), "purple jar": (120, 20, 140),
@@ -191,7 +192,20 @@ def test_info_json(built):
     assert (info["count"], info["labels"], info["embedding_size"], info["index_type"]) == (6, 3, 3, "Flat")
     assert info["label_counts"] == {"Crème Fraîche": 2, "blue can": 2, "red apple": 2}
     assert 0 < info["bytes"]["faiss"] < info["bytes"]["total"] and info["bytes"]["database"] > 0
-    assert shitu("info", "--index", built).exit_code == 0
+    assert info["model"]["training_labels"] is None  # the test model does not record what it trained on
+    assert "not recorded" in shitu("info", "--index", built).stdout
+
+
+def test_info_says_how_many_products_the_model_was_trained_on(colour_gallery, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    model = write_mean_colour_model(tmp_path / "trained.onnx")
+    graph = onnx.load(str(model))
+    metadata = {entry.key: entry.value for entry in graph.metadata_props}
+    set_shitu_metadata(graph, {**metadata, "shitu.training_labels": json.dumps(["Kiwi", "Oat Milk", "Café"])})
+    onnx.save(graph, str(model))
+    index = build(colour_gallery, tmp_path / "index", model)
+    assert json.loads(shitu("info", "--index", index, "--json").stdout)["model"]["training_labels"] == 3
+    assert "3 product labels" in shitu("info", "--index", index).stdout
 
 
 def test_check_of_a_good_index(built, tiny_model):
