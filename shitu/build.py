@@ -55,6 +55,7 @@ class Previous:
     reusable: dict = field(default_factory=dict)  # path -> (sha256, id, vector), same model only
     next_id: int = 1  # ids are never reused, even across rebuilds
     faiss_file: str | None = None  # kept for readers that opened the old database
+    calibration: dict | None = None  # a calibrated threshold, kept when the model stays the same
 
 
 def previous_index(directory: Path, embedder: Embedder) -> Previous:
@@ -67,6 +68,7 @@ def previous_index(directory: Path, embedder: Embedder) -> Previous:
         previous = Previous(next_id=int(store.manifest.get("next_id", 1)),
                             faiss_file=store.manifest.get("faiss_file"))
         store.require_model(embedder.info)
+        previous.calibration = store.manifest.get("threshold")
         ids, vectors = store.all_vectors()
         by_id = dict(zip(ids.tolist(), vectors))
         previous.reusable = {row.path: (row.sha256, row.id, by_id[row.id]) for row in store.all_rows()}
@@ -163,13 +165,15 @@ def write_snapshot(directory: Path, rows: list[dict], embedder: Embedder, factor
     db = connect(tmp_db)
     create_schema(db)
     stamp = now()
+    entries = manifest(embedder, factory, gallery_root, faiss_name, generation, rows, previous.next_id)
+    if previous.calibration is not None:
+        entries["threshold"] = previous.calibration
     with db.conn:
         db["images"].insert_all(({"id": r["id"], "path": r["path"], "label": r["label"], "sha256": r["sha256"],
                                   "added_at": stamp, "vector": vector_blob(r["vector"])} for r in rows),
                                 batch_size=500)
-        db["manifest"].insert_all(({"key": k, "value": json.dumps(v)} for k, v in
-                                   manifest(embedder, factory, gallery_root, faiss_name, generation,
-                                            rows, previous.next_id).items()), pk="key", replace=True)
+        db["manifest"].insert_all(({"key": k, "value": json.dumps(v)} for k, v in entries.items()),
+                                  pk="key", replace=True)
     db.conn.close()
     fsync_path(tmp_db)
     (directory / f"{DB_NAME}-journal").unlink(missing_ok=True)

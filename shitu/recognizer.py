@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shitu.calibration import calibrated_threshold
 from shitu.embed import Embedder
 from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
@@ -67,8 +68,16 @@ class Recognizer:
                  for rank, (s, i) in enumerate((s, i) for s, i in zip(srow, irow) if i in rows)]
                 for srow, irow in zip(scores, ids)]
 
+    @property
+    def threshold(self) -> float | None:
+        """The threshold ``shitu calibrate`` stored with the index, or None (answer every query)."""
+        return calibrated_threshold(self.refresh().manifest)
+
     def query(self, images: list[str | Path], topk: int = 5, threshold: float | None = None) -> list[Answer]:
-        """Answer each image; unreadable ones get an ``error`` and no results."""
+        """Answer each image; unreadable ones get an ``error`` and no results.
+
+        Without ``threshold`` the index's calibrated threshold applies, if it has one; pass -1 to answer
+        every query whatever its score."""
         answers = [Answer(str(image), None) for image in images]
         inputs, positions = [], []
         for position, image in enumerate(images):
@@ -82,7 +91,8 @@ class Recognizer:
             for position, found in zip(positions[start:start + 32], self.matches(vectors, topk)):
                 answers[position].results = found
                 best = found[0] if found else None
-                if best is not None and (threshold is None or best.score >= threshold):
+                limit = calibrated_threshold(self.snapshot.manifest) if threshold is None else threshold
+                if best is not None and (limit is None or best.score >= limit):
                     answers[position].label = best.label
         return answers
 
