@@ -55,8 +55,10 @@ class Evaluation:
 def read_unknowns(root: Path, list_file: Path | None = None) -> list[GalleryItem]:
     """Unknown query photos: a list file, label folders, or simply photos in the folder (label '')."""
     root = Path(root)
-    if list_file or not root.is_dir():
-        return read_gallery(root, list_file)  # its own clear errors for a missing folder or list
+    if not root.is_dir():
+        raise ShituError(f"unknown-photo folder not found: {root}")
+    if list_file:
+        return read_gallery(root, list_file)
     loose = [GalleryItem(path, path.name, "") for path in sorted(root.iterdir())
              if path.is_file() and not path.name.startswith(".") and is_image_name(path)]
     items = sorted(walk_folders(root) + loose, key=lambda item: item.relpath)
