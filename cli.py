@@ -165,6 +165,8 @@ def check_open_set_flags(queries, unknown, unknown_list, target, report):
         raise ShituError("--target-unknown-rejection needs --unknown: photos of products not in the gallery")
     if (unknown or report) and not queries:
         raise ShituError("--unknown and --report need --queries: photos of products that are in the gallery")
+    if report is not None and report.is_dir():
+        raise ShituError(f"--report {report} is a folder: give a file name such as report.html")
     check_target(target)
 
 

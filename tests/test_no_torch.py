@@ -9,7 +9,9 @@ from tests.conftest import REPO, solid
 INFERENCE_MODULES = ["cli.py", "shitu/__init__.py", "shitu/build.py", "shitu/embed.py", "shitu/errors.py",
                      "shitu/gallery.py", "shitu/imageio.py", "shitu/metrics.py", "shitu/progress.py",
                      "shitu/recognizer.py", "shitu/store.py",
-                     "shitu/maintain.py", "shitu/check.py"]
+                     "shitu/maintain.py", "shitu/check.py",
+                     "shitu/openset.py", "shitu/scoring.py", "shitu/calibration.py", "shitu/report.py",
+                     "shitu/reportplots.py"]
 
 BLOCKER = """
 import sys
@@ -69,3 +71,16 @@ def test_inference_modules_import_nothing_from_training():
     for module in INFERENCE_MODULES:
         for name in imported_names(ast.parse((REPO / module).read_text(encoding="utf-8"))):
             assert not name.startswith(("torch", "shitu.nn", "shitu.train")), f"{module} imports {name}"
+
+
+def test_open_set_eval_calibrate_and_report_without_torch(colour_gallery, tiny_model, tmp_path):
+    index = tmp_path / "idx"
+    assert run_blocked("build-index", colour_gallery, "--index", index, "--model", tiny_model, "-q").returncode == 0
+    known = tmp_path / "known"
+    solid(known / "red apple" / "r.png", (220, 30, 30), fmt="PNG")
+    unknown = solid(tmp_path / "unknown" / "green.png", (30, 200, 40), fmt="PNG").parent
+    flags = ["--index", index, "--model", tiny_model, "--queries", known, "--unknown", unknown, "-q"]
+    evaluated = run_blocked("eval", *flags, "--report", tmp_path / "r.html")
+    assert evaluated.returncode == 0, evaluated.stderr
+    calibrated = run_blocked("calibrate", *flags)
+    assert calibrated.returncode == 0, calibrated.stderr
