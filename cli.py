@@ -199,10 +199,11 @@ def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, r
     if evaluation.curve is not None:
         chosen = output["open_set"]["chosen"]
         print_table(f"open set: threshold {chosen['threshold']:.4f} ({rule_name(target)})", ["", "fraction"],
-                    [["known answered right", chosen["known_right"]], ["known answered wrong", chosen["known_wrong"]],
-                     ["known rejected", chosen["known_rejected"]], ["unknown rejected", chosen["unknown_rejected"]],
-                     ["balanced accuracy", chosen["balanced_accuracy"]],
-                     ["area under known-right vs unknown-rejected", output["open_set"]["auc"]],
+                    [[name, f"{chosen[key]:.3f}"] for name, key in (
+                        ("known answered right", "known_right"), ("known answered wrong", "known_wrong"),
+                        ("known rejected", "known_rejected"), ("unknown rejected", "unknown_rejected"),
+                        ("balanced accuracy", "balanced_accuracy"))]
+                    + [["area under known-right vs unknown-rejected", f'{output["open_set"]["auc"]:.3f}'],
                      ["known / unknown queries", f"{evaluation.curve.known_queries} / "
                                                  f"{evaluation.curve.unknown_queries}"]])
 

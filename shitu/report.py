@@ -33,8 +33,9 @@ h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1
 table { border-collapse: collapse; margin: 8px 0; } td, th { padding: 3px 10px; text-align: left; }
 tr:nth-child(even) { background: #f6f6f6; } th { background: #eee; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.row { display: flex; gap: 12px; align-items: flex-start; margin: 8px 0; padding: 6px;
-       border-bottom: 1px solid #eee; }
+.rows { display: flex; flex-wrap: wrap; gap: 10px; }
+.row { display: flex; gap: 8px; align-items: flex-start; padding: 6px; border: 1px solid #e4e4e4;
+       border-radius: 4px; }
 figure { margin: 0; width: 128px; } figcaption { font-size: 12px; overflow-wrap: anywhere; }
 figure img { width: 112px; height: 112px; object-fit: contain; background: #f0f0f0; display: block; }
 .missing { width: 112px; height: 112px; background: #f0f0f0; font-size: 11px; display: flex;
@@ -64,7 +65,7 @@ class Thumbnails:
         caption = f"<figcaption>{caption}</figcaption>"
         if uri is None:
             return f'<figure><div class="missing">photo not found<br>{esc(path.name)}</div>{caption}</figure>'
-        return f'<figure><img src="{uri}" alt="{esc(path.name)}">{caption}</figure>'
+        return f'<figure title="{esc(path)}"><img src="{uri}" alt="{esc(path.name)}">{caption}</figure>'
 
     def uri(self, path: Path) -> str | None:
         if path not in self.cache:
@@ -208,21 +209,24 @@ def write_report(out: Path, evaluation: Evaluation, recognizer, title: str = "sh
     parts.append(f"<h2>Worst confusions ({len(worst)} of {sum(not q.correct for q in known)} wrong answers)</h2>")
     parts.append('<p class="note">Query; the wrong top-1; the right label\'s best gallery photo. Worst first: '
                  "by how far the wrong photo scored above the right one.</p>")
+    parts.append('<div class="rows">')
     for margin, query, (right_row, right_score) in worst:
         top = query.matches[0]
         parts.append('<div class="row">'
-                     + thumbs.figure(query.item.path, f"query: {esc(query.item.label)}<br>{esc(query.item.relpath)}")
+                     + thumbs.figure(query.item.path, f"query: {esc(query.item.label)}<br>{esc(query.item.path.name)}")
                      + thumbs.figure(gallery_path(root, top.path),
                                      f'<span class="wrong">top-1: {esc(top.label)}</span><br>score {top.score:.4f}')
                      + thumbs.figure(gallery_path(root, right_row.path),
                                      f'<span class="right">best {esc(right_row.label)}</span><br>'
-                                     f"score {right_score:.4f} ({margin:+.4f} behind)")
+                                     f"score {right_score:.4f}, {margin:.4f} behind")
                      + "</div>")
+    parts.append("</div>")
 
     if evaluation.unknown:
         highest = sorted(evaluation.unknown, key=lambda q: -q.score)[:UNKNOWNS]
-        parts.append(f"<h2>Unknown queries with the highest scores</h2>")
+        parts.append("<h2>Unknown queries with the highest scores</h2>")
         parts.append('<p class="note">Products not in the gallery that look most like something in it.</p>')
+        parts.append('<div class="rows">')
         for query in highest:
             top = query.matches[0]
             verdict = "" if chosen is None else (" (rejected)" if query.score < chosen.threshold else
@@ -232,6 +236,7 @@ def write_report(out: Path, evaluation: Evaluation, recognizer, title: str = "sh
                          + thumbs.figure(gallery_path(root, top.path),
                                          f"top-1: {esc(top.label)}<br>score {top.score:.4f}{verdict}")
                          + "</div>")
+        parts.append("</div>")
 
     page = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
             f"<title>{esc(title)}</title><style>{STYLE}</style><script>{IMAGE_CHECK}</script></head>"
