@@ -13,7 +13,7 @@ from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
 from shitu.metrics import evaluate, needed_depth, parse_metric
 from shitu.progress import Progress
-from shitu.store import Snapshot, model_for_index, read_snapshot
+from shitu.store import Snapshot, manifest_value, model_for_index, read_snapshot
 
 
 @dataclass
@@ -70,8 +70,11 @@ class Recognizer:
 
     @property
     def threshold(self) -> float | None:
-        """The threshold ``shitu calibrate`` stored with the index, or None (answer every query)."""
-        return calibrated_threshold(self.refresh().manifest)
+        """The threshold ``shitu calibrate`` stored with the index, or None (answer every query).
+
+        Read afresh each time (one small query): calibrating changes no vectors, so it starts no new
+        snapshot, yet a long-lived recognizer should use the new threshold at once."""
+        return calibrated_threshold({"threshold": manifest_value(self.directory, "threshold")})
 
     def query(self, images: list[str | Path], topk: int = 5, threshold: float | None = None) -> list[Answer]:
         """Answer each image; unreadable ones get an ``error`` and no results.
@@ -79,6 +82,7 @@ class Recognizer:
         Without ``threshold`` the index's calibrated threshold applies, if it has one; pass -1 to answer
         every query whatever its score."""
         answers = [Answer(str(image), None) for image in images]
+        limit = self.threshold if threshold is None else threshold
         inputs, positions = [], []
         for position, image in enumerate(images):
             try:
@@ -91,7 +95,6 @@ class Recognizer:
             for position, found in zip(positions[start:start + 32], self.matches(vectors, topk)):
                 answers[position].results = found
                 best = found[0] if found else None
-                limit = calibrated_threshold(self.snapshot.manifest) if threshold is None else threshold
                 if best is not None and (limit is None or best.score >= limit):
                     answers[position].label = best.label
         return answers

@@ -103,9 +103,12 @@ def test_calibrated_threshold_is_stored_shown_used_and_overridden(open_set, tiny
     assert before[0]["label"] == "blue can"
     assert json.loads(cli("info", "--index", index, "--json").stdout)["threshold"] is None
 
+    long_lived = Recognizer(index, tiny_model)  # opened before calibrating, like a running service
+    assert long_lived.query([purple])[0].label == "blue can"
     result = cli("calibrate", "--index", index, "--model", tiny_model, "--queries", known, "--unknown", unknown,
                  "--json", "-q")
     assert result.exit_code == 0, result.output
+    assert long_lived.query([purple])[0].label is None
     expected = (top1(UNKNOWN["grey.png"]) + top1(KNOWN["Crème Fraîche/cream.png"])) / 2
     stored = json.loads(result.stdout)
     assert stored["threshold"] == pytest.approx(expected, abs=1e-5)
@@ -129,12 +132,17 @@ def test_calibrated_threshold_is_stored_shown_used_and_overridden(open_set, tiny
     assert recognizer.query([known / "red apple" / "red.png"])[0].label == "red apple"
 
 
-def test_calibration_survives_a_rebuild_with_the_same_model_only(open_set, colour_gallery, tiny_model,
+def test_calibration_survives_add_remove_and_a_rebuild_with_the_same_model_only(open_set, colour_gallery, tiny_model,
                                                                  other_tiny_model):
     index, known, unknown = open_set
     assert cli("calibrate", "--index", index, "--model", tiny_model, "--queries", known, "--unknown", unknown,
                "-q").exit_code == 0
     threshold = json.loads(cli("info", "--index", index, "--json").stdout)["threshold"]
+    assert cli("check", "--index", index, "--model", tiny_model).exit_code == 0
+    extra = solid(colour_gallery / "blue can" / "new.png", (25, 45, 215), fmt="PNG")
+    assert cli("add", extra.parent, "--index", index, "--model", tiny_model, "-q").exit_code == 0
+    assert cli("remove", "--path", "blue can/new.png", "--index", index).exit_code == 0
+    assert json.loads(cli("info", "--index", index, "--json").stdout)["threshold"] == threshold
     assert cli("build-index", colour_gallery, "--index", index, "--model", tiny_model, "-q").exit_code == 0
     assert json.loads(cli("info", "--index", index, "--json").stdout)["threshold"] == threshold
     assert cli("build-index", colour_gallery, "--index", index, "--model", other_tiny_model, "-q").exit_code == 0
@@ -175,7 +183,7 @@ def test_open_set_mistakes_get_one_error_line(open_set, tiny_model, args, messag
     places = {"K": str(known), "U": str(unknown), "missing": str(unknown / "nowhere")}
     result = cli("eval", "--index", index, "--model", tiny_model, "-q", *[places.get(a, a) for a in args])
     assert result.exit_code == 1, result.output
-    assert f"error:" in result.output and message in result.output and "Traceback" not in result.output
+    assert "error:" in result.output and message in result.output and "Traceback" not in result.output
 
 
 def test_calibrate_refuses_another_model(open_set, other_tiny_model):
