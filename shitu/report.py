@@ -114,11 +114,8 @@ def per_label(known: list[ScoredQuery]) -> list[list]:
     return [[r[0], r[1], r[2], f"{r[3]:.3f}", r[4]] for r in rows]
 
 
-def best_of_label(vectors: np.ndarray, rows: list[Row], query: ScoredQuery) -> tuple[Row, float] | None:
-    """The gallery photo of the query's own label that scores highest against it."""
-    members = [i for i, row in enumerate(rows) if row.label == query.item.label]
-    if not members:
-        return None
+def best_of_label(vectors: np.ndarray, rows: list[Row], members: list[int], query: ScoredQuery) -> tuple[Row, float]:
+    """The gallery photo among ``members`` (the query's own label) that scores highest against it."""
     scores = vectors[members] @ query.vector
     best = int(np.argmax(scores))
     return rows[members[best]], float(scores[best])
@@ -126,12 +123,14 @@ def best_of_label(vectors: np.ndarray, rows: list[Row], query: ScoredQuery) -> t
 
 def confusions(evaluation: Evaluation, vectors: np.ndarray, rows: list[Row]) -> list[tuple]:
     """Wrong answers, worst first: by how far the wrong top-1 scored above the right label's best photo."""
+    by_label = defaultdict(list)
+    for position, row in enumerate(rows):
+        by_label[row.label].append(position)
     found = []
     for query in evaluation.known:
-        if query.matches and not query.correct:
-            best = best_of_label(vectors, rows, query)
-            if best is not None:
-                found.append((query.score - best[1], query, best))
+        if query.matches and not query.correct and by_label.get(query.item.label):
+            best = best_of_label(vectors, rows, by_label[query.item.label], query)
+            found.append((query.score - best[1], query, best))
     found.sort(key=lambda item: -item[0])
     return found[:CONFUSIONS]
 
