@@ -20,6 +20,11 @@ INDEX = typer.Option(Path("index"), "--index", help="Index directory.")
 MODEL = typer.Option(None, "--model", help="ONNX model file, or 'fp32' / 'int8' for the shipped models "
                      "(default: the model the index was built with, else the shipped fp32 model).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+UNKNOWN = typer.Option(None, "--unknown", help="Photos of products that are NOT in the gallery (label folders, "
+                       "loose photos, or the root of --unknown-list): measures what each threshold rejects.")
+UNKNOWN_LIST = typer.Option(None, "--unknown-list", help="List file of unknown photos, paths relative to --unknown.")
+TARGET = typer.Option(None, "--target-unknown-rejection", help="Choose the lowest threshold that rejects this "
+                      "share of unknown photos (0..1; default: the best balanced accuracy).")
 
 
 def printable(text: str) -> str:
@@ -148,10 +153,15 @@ def eval_command(
     queries_list: Optional[Path] = typer.Option(None, "--queries-list", help="List file of queries, "
                                                 "paths relative to --queries."),
     metric: List[str] = typer.Option(["recall@1"], "--metric", help="recall@K or map@r; repeatable."),
+    unknown: Optional[Path] = UNKNOWN,
+    unknown_list: Optional[Path] = UNKNOWN_LIST,
+    target: Optional[float] = TARGET,
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report "
+                                          "(thumbnails, per-label recall, confusions, plots) to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     quiet: bool = QUIET,
 ):
-    """Measure retrieval quality: recall@K and MAP@R."""
+    """Measure retrieval quality: recall@K and MAP@R; with --unknown, what each threshold does."""
     from shitu.gallery import read_gallery
     from shitu.metrics import parse_metric
     from shitu.recognizer import Recognizer
@@ -159,7 +169,10 @@ def eval_command(
     metrics = list(dict.fromkeys(parse_metric(m) for m in metric))
     if queries_list and not queries:
         raise ShituError("--queries-list needs --queries, the folder its paths are relative to")
+    check_open_set_flags(queries, unknown, unknown_list, target, report)
     items = read_gallery(queries, queries_list, warn) if queries else None
+    if unknown or report:
+        return open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json, quiet)
     result = Recognizer(index, model).evaluate(metrics, items, quiet, warn)
     output = {m: round(result[m], 4) for m in metrics}
     output.update(queries=result["queries"], gallery=result["gallery"])
@@ -167,6 +180,93 @@ def eval_command(
         print_json(output)
     else:
         print_table("evaluation", ["metric", "value"], [[k, v] for k, v in output.items()])
+
+
+def check_open_set_flags(queries, unknown, unknown_list, target, report):
+    """Refuse flag combinations before any photo is embedded."""
+    from shitu.openset import check_target
+
+    if unknown_list and not unknown:
+        raise ShituError("--unknown-list needs --unknown, the folder its paths are relative to")
+    if target is not None and not unknown:
+        raise ShituError("--target-unknown-rejection needs --unknown: photos of products not in the gallery")
+    if (unknown or report) and not queries:
+        raise ShituError("--unknown and --report need --queries: photos of products that are in the gallery")
+    if report is not None and report.is_dir():
+        raise ShituError(f"--report {report} is a folder: give a file name such as report.html")
+    check_target(target)
+
+
+def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json, quiet):
+    """``eval`` with unknown queries or a report: one search of every photo serves both."""
+    from shitu.openset import point_json, rule_name
+    from shitu.recognizer import Recognizer
+    from shitu.scoring import REPORT_DEPTH, evaluate_queries, read_unknowns
+
+    unknown_items = read_unknowns(unknown, unknown_list) if unknown else None
+    recognizer = Recognizer(index, model)
+    evaluation = evaluate_queries(recognizer, items, metrics, unknown_items, target,
+                                  REPORT_DEPTH if report else 1, quiet, warn)
+    output = {m: round(evaluation.metrics[m], 4) for m in metrics}
+    output.update(queries=evaluation.metrics["queries"], gallery=len(evaluation.gallery_labels))
+    if evaluation.curve is not None:
+        chosen = point_json(evaluation.chosen)
+        output["threshold"] = chosen["threshold"]
+        output["open_set"] = {**evaluation.curve.to_json(), "rule": rule_name(target), "chosen": chosen}
+    if report:
+        from shitu.report import write_report
+
+        write_report(report, evaluation, recognizer)
+        note(f"wrote the report to {report}")
+    if as_json:
+        print_json(output)
+        return
+    print_table("evaluation", ["metric", "value"], [[k, v] for k, v in output.items() if k not in ("open_set",)
+                                                    and k != "threshold"])
+    if evaluation.curve is not None:
+        chosen = output["open_set"]["chosen"]
+        print_table(f"open set: threshold {chosen['threshold']:.4f} ({rule_name(target)})", ["", "fraction"],
+                    [[name, f"{chosen[key]:.3f}"] for name, key in (
+                        ("known answered right", "known_right"), ("known answered wrong", "known_wrong"),
+                        ("known rejected", "known_rejected"), ("unknown rejected", "unknown_rejected"),
+                        ("balanced accuracy", "balanced_accuracy"))]
+                    + [["area under known-right vs unknown-rejected", f'{output["open_set"]["auc"]:.3f}'],
+                     ["known / unknown queries", f"{evaluation.curve.known_queries} / "
+                                                 f"{evaluation.curve.unknown_queries}"]])
+
+
+@app.command()
+@guarded
+def calibrate(
+    index: Path = INDEX,
+    model: Optional[Path] = MODEL,
+    queries: Path = typer.Option(..., "--queries", help="Photos of products in the gallery (gallery layout)."),
+    queries_list: Optional[Path] = typer.Option(None, "--queries-list", help="List file of queries, "
+                                                "paths relative to --queries."),
+    unknown: Path = typer.Option(..., "--unknown", help="Photos of products that are NOT in the gallery "
+                                 "(label folders, loose photos, or the root of --unknown-list)."),
+    unknown_list: Optional[Path] = UNKNOWN_LIST,
+    target: Optional[float] = TARGET,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+    quiet: bool = QUIET,
+):
+    """Choose a threshold on known and unknown photos and store it with the index; query then uses it."""
+    from shitu.calibration import calibration_record, describe, store_calibration
+    from shitu.gallery import read_gallery
+    from shitu.recognizer import Recognizer
+    from shitu.scoring import evaluate_queries, read_unknowns
+
+    check_open_set_flags(queries, unknown, unknown_list, target, None)
+    items = read_gallery(queries, queries_list)
+    unknown_items = read_unknowns(unknown, unknown_list)
+    recognizer = Recognizer(index, model)
+    evaluation = evaluate_queries(recognizer, items, ["recall@1"], unknown_items, target, 1, quiet, warn)
+    record = calibration_record(evaluation, target, recognizer.snapshot.manifest)
+    store_calibration(index, record)
+    if as_json:
+        print_json({"threshold": record["value"], "calibration": record})
+    else:
+        typer.echo(f"{index}: threshold {describe(record)}", err=True)
 
 
 @app.command()
@@ -324,12 +424,15 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """Show what an index holds and which model built it."""
+    from shitu.calibration import calibration_info, describe
     from shitu.check import index_info
 
     data = index_info(index)
+    data.update(calibration_info(index))
     if as_json:
         print_json(data)
         return
+    data["threshold"] = describe(data.pop("calibration"))
     fields = [[key, value] for key, value in data.items() if key not in ("model", "label_counts", "bytes")]
     fields += [["model", f"{data['model']['name']} {data['model']['version']} "
                          f"(sha256 {data['model']['sha256'][:12]})"]]

@@ -57,6 +57,7 @@ class Previous:
     reusable: dict = field(default_factory=dict)  # path -> (sha256, id, vector), same model only
     next_id: int = 1  # ids are never reused, even across rebuilds
     faiss_file: str | None = None  # kept for readers that opened the old database
+    calibration: dict | None = None  # a calibrated threshold, kept when the model stays the same
 
 
 def previous_index(directory: Path, embedder: Embedder) -> Previous:
@@ -69,6 +70,7 @@ def previous_index(directory: Path, embedder: Embedder) -> Previous:
         previous = Previous(next_id=int(store.manifest.get("next_id", 1)),
                             faiss_file=store.manifest.get("faiss_file"))
         store.require_model(embedder.info)
+        previous.calibration = store.manifest.get("threshold")
         ids, vectors = store.all_vectors()
         by_id = dict(zip(ids.tolist(), vectors))
         previous.reusable = {row.path: (row.sha256, row.id, by_id[row.id]) for row in store.all_rows()}
@@ -164,6 +166,8 @@ def write_snapshot(directory: Path, rows: list[dict], embedder: Embedder, factor
     index = make_faiss_index(factory, embedder.info.embedding_size, vectors, ids)
     faiss_name = write_faiss_file(directory, index, generation)
     entries = manifest(embedder, factory, gallery_root, faiss_name, generation, rows, previous.next_id)
+    if previous.calibration is not None:
+        entries["threshold"] = previous.calibration
     try:
         tmp_db = write_database(directory, rows, entries)
     except BaseException:

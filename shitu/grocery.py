@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None):
     """``python -m shitu.grocery DATA OUT``: write train, val, test and iconic list files into OUT.
 
     With ``--hold-out N`` it also writes ``OUT/seen/`` (train, val, iconic of the other classes: what
-    to train on) and ``OUT/held_out/`` (train as gallery, test as queries, of N classes never trained on),
-    to measure how a recipe does on products that are not in its training set.
+    to train on; test: the known queries of the open-set protocol) and ``OUT/held_out/`` (train as
+    gallery, test as queries, of N classes never trained on), to measure how a recipe does on products
+    that are not in its training set, and to have unknown products for ``shitu eval --unknown``.
     """
     import argparse
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None):
         except ValueError as exc:
             parser.error(str(exc))
         seen = {row["name"] for row in class_table(args.data)} - held
-        for split in ("train", "val", "iconic"):
+        for split in ("train", "val", "test", "iconic"):
             print(write_list(args.data, split, args.out / "seen" / f"{split}.txt", seen))
         for split in ("train", "test"):
             print(write_list(args.data, split, args.out / "held_out" / f"{split}.txt", held))

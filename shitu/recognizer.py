@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from shitu.calibration import calibrated_threshold
 from shitu.embed import Embedder
 from shitu.errors import ShituError
 from shitu.gallery import GalleryItem, normalise_label
 from shitu.metrics import evaluate, needed_depth, parse_metric
 from shitu.progress import Progress
-from shitu.store import Snapshot, model_for_index, read_snapshot
+from shitu.store import Snapshot, manifest_value, model_for_index, read_snapshot
 
 SHOWN_LABELS = 5  # labels named in a warning; the count says how many there are
 
@@ -70,13 +71,24 @@ class Recognizer:
                  for rank, (s, i) in enumerate((s, i) for s, i in zip(srow, irow) if i in rows)]
                 for srow, irow in zip(scores, ids)]
 
+    @property
+    def threshold(self) -> float | None:
+        """The threshold ``shitu calibrate`` stored with the index, or None (answer every query).
+
+        Read afresh each time (one small query): calibrating changes no vectors, so it starts no new
+        snapshot, yet a long-lived recognizer should use the new threshold at once."""
+        return calibrated_threshold({"threshold": manifest_value(self.directory, "threshold")})
+
     def query(self, images: list[str | Path], topk: int = 5, threshold: float | None = None) -> list[Answer]:
         """Answer each image; unreadable ones get an ``error`` and no results.
 
         Inputs are streamed in bounded batches, as build-index does, so memory does not grow with the
         number of photos. The photos are the user's own arguments, so a pipe (``<(cat a.jpg)``) works.
+        Without ``threshold`` the index's calibrated threshold applies, if it has one; pass -1 to answer
+        every query whatever its score.
         """
         answers = [Answer(str(image), None) for image in images]
+        limit = self.threshold if threshold is None else threshold
 
         def bad(position, reason):
             answers[position].error = reason
@@ -85,7 +97,7 @@ class Recognizer:
             for position, found in zip(positions, self.matches(vectors, topk)):
                 answers[position].results = found
                 best = found[0] if found else None
-                if best is not None and (threshold is None or best.score >= threshold):
+                if best is not None and (limit is None or best.score >= limit):
                     answers[position].label = best.label
         return answers
 

@@ -115,3 +115,13 @@ def test_recipe_ablation(tmp_path):
     # the demo products far above chance (2 of 23 neighbours share a photo's label)
     assert results["recipe"]["seen"] < 1 and results[reference]["seen"] > 0.5
     assert results["recipe"]["train_seconds"] > 0
+
+
+def test_open_set(tmp_path):
+    _, data = bench("open_set", tmp_path)
+    # quick: the demo gallery without its last 3 products, which are the unknowns; the shipped model
+    (row,) = data["results"]
+    assert row["model"] == "fp32" and row["unknowns"] == "held-out groceries"
+    assert data["photos"] == {"gallery": 21, "known": 21, "held-out groceries": 9}
+    assert row["known_right"] + row["known_wrong"] + row["known_rejected"] == pytest.approx(1)
+    assert 0 <= row["unknown_rejected"] <= 1 and 0 < row["auc"] <= row["recall@1"] + 1e-9

@@ -76,3 +76,16 @@ def test_inference_modules_import_nothing_from_training():
     for module in modules:
         for name in imported_names(ast.parse((REPO / module).read_text(encoding="utf-8"))):
             assert not name.startswith(("torch", "shitu.nn", "shitu.train")), f"{module} imports {name}"
+
+
+def test_open_set_eval_calibrate_and_report_without_torch(colour_gallery, tiny_model, tmp_path):
+    index = tmp_path / "idx"
+    assert run_blocked("build-index", colour_gallery, "--index", index, "--model", tiny_model, "-q").returncode == 0
+    known = tmp_path / "known"
+    solid(known / "red apple" / "r.png", (220, 30, 30), fmt="PNG")
+    unknown = solid(tmp_path / "unknown" / "green.png", (30, 200, 40), fmt="PNG").parent
+    flags = ["--index", index, "--model", tiny_model, "--queries", known, "--unknown", unknown, "-q"]
+    evaluated = run_blocked("eval", *flags, "--report", tmp_path / "r.html")
+    assert evaluated.returncode == 0, evaluated.stderr
+    calibrated = run_blocked("calibrate", *flags)
+    assert calibrated.returncode == 0, calibrated.stderr
