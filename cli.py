@@ -203,7 +203,7 @@ def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, r
     from shitu.recognizer import Recognizer
     from shitu.scoring import REPORT_DEPTH, evaluate_queries, read_unknowns
 
-    unknown_items = read_unknowns(unknown, unknown_list) if unknown else None
+    unknown_items = read_unknowns(unknown, unknown_list, warn) if unknown else None
     recognizer = Recognizer(index, model)
     evaluation = evaluate_queries(recognizer, items, metrics, unknown_items, target,
                                   REPORT_DEPTH if report else 1, quiet, warn)
@@ -257,8 +257,8 @@ def calibrate(
     from shitu.scoring import evaluate_queries, read_unknowns
 
     check_open_set_flags(queries, unknown, unknown_list, target, None)
-    items = read_gallery(queries, queries_list)
-    unknown_items = read_unknowns(unknown, unknown_list)
+    items = read_gallery(queries, queries_list, warn)
+    unknown_items = read_unknowns(unknown, unknown_list, warn)
     recognizer = Recognizer(index, model)
     evaluation = evaluate_queries(recognizer, items, ["recall@1"], unknown_items, target, 1, quiet, warn)
     record = calibration_record(evaluation, target, recognizer.snapshot.manifest)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from shitu.errors import ShituError
-from shitu.gallery import GalleryItem, read_gallery, walk_folders
+from shitu.gallery import GalleryItem, read_gallery, walk_folders, warn_on_stderr
 from shitu.imageio import is_image_name
 from shitu.metrics import evaluate, needed_depth
 from shitu.openset import OpenSetCurve, OperatingPoint, choose_threshold, open_set_curve
@@ -52,16 +52,17 @@ class Evaluation:
     lone_queries: int = 0
 
 
-def read_unknowns(root: Path, list_file: Path | None = None) -> list[GalleryItem]:
-    """Unknown query photos: a list file, label folders, or simply photos in the folder (label '')."""
+def read_unknowns(root: Path, list_file: Path | None = None, warn=None) -> list[GalleryItem]:
+    """Unknown query photos: a list file, label folders, or simply photos in the folder (label '');
+    what cannot be read goes to ``warn``."""
     root = Path(root)
     if not root.is_dir():
         raise ShituError(f"unknown-photo folder not found: {root}")
     if list_file:
-        return read_gallery(root, list_file)
+        return read_gallery(root, list_file, warn)
     loose = [GalleryItem(path, path.name, "") for path in sorted(root.iterdir())
              if path.is_file() and not path.name.startswith(".") and is_image_name(path)]
-    items = sorted(walk_folders(root) + loose, key=lambda item: item.relpath)
+    items = sorted(walk_folders(root, warn or warn_on_stderr) + loose, key=lambda item: item.relpath)
     if not items:
         raise ShituError(f"no images found in {root}")
     return items
