@@ -196,7 +196,7 @@ def main(argv=None):
            {"settings": {k: str(v) for k, v in vars(args).items()}, "peak_gflops_per_thread": peak_gflops(1, ghz),
             "results": data},
            notes=["each allocator via LD_PRELOAD; run one with: LD_PRELOAD=<library> shitu train ...",
-                  f"peak: threads x {ghz} GHz (highest cpu MHz in /proc/cpuinfo) x FP32 FLOP/cycle, assumed"])
+                  f"peak: threads x {ghz:.2f} GHz (highest cpu MHz in /proc/cpuinfo) x FP32 FLOP/cycle, assumed"])
 
 
 if __name__ == "__main__":
