@@ -1,16 +1,18 @@
 """The CLI end to end with the mean-colour model: answers checked against plain numpy arithmetic."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from shitu import build as build_module
 from cli import app
+from shitu import build as build_module
 from shitu.store import IndexStore
-from tests.conftest import PALETTE, colour_embedding, solid
+from tests.conftest import PALETTE, REPO, colour_embedding, solid
 
 runner = CliRunner()
 
@@ -292,3 +294,16 @@ def test_query_streams_many_photos_in_bounded_batches(built, tiny_model, tmp_pat
     assert [a["label"] for a in json.loads(result.stdout)] == ["red apple"] * 300
     import os
     assert peak[0] <= 2 * 8 * (os.cpu_count() or 1)  # two batches of 8 per worker in flight, never all 300
+
+
+def test_the_command_is_installed_from_inside_the_package():
+    """An install puts ``shitu`` and ``python -m shitu`` on the package, not a top-level module named
+    ``cli`` that would collide with any other package doing the same."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["scripts"] == {"shitu": "shitu.cli:app"}
+    assert "py-modules" not in project["tool"]["setuptools"]
+    result = subprocess.run([sys.executable, "-m", "shitu", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "build-index" in result.stdout
