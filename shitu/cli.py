@@ -22,7 +22,8 @@ MODEL = typer.Option(None, "--model", help="ONNX model file, or 'fp32' / 'int8' 
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 UNKNOWN = typer.Option(None, "--unknown", help="Photos of products that are NOT in the gallery (label folders, "
                        "loose photos, or the root of --unknown-list): measures what each threshold rejects.")
-UNKNOWN_LIST = typer.Option(None, "--unknown-list", help="List file of unknown photos, paths relative to --unknown.")
+UNKNOWN_LIST = typer.Option(None, "--unknown-list", help="List file of unknown photos, paths relative to "
+                            "--unknown; repeatable.")
 TARGET = typer.Option(None, "--target-unknown-rejection", help="Choose the lowest threshold that rejects this "
                       "share of unknown photos (0..1; default: the best balanced accuracy).")
 
@@ -96,8 +97,8 @@ def build_index(
     model: Optional[Path] = MODEL,
     index_type: str = typer.Option("auto", "--index-type", help="FAISS factory string (Flat, HNSW32, "
                                    "IVF1024,Flat) or auto."),
-    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path<TAB>label' lines, "
-                                             "paths relative to GALLERY."),
+    list_file: Optional[List[Path]] = typer.Option(None, "--list", help="List file of 'path<TAB>label' "
+                                                   "lines, paths relative to GALLERY; repeatable."),
     quiet: bool = QUIET,
 ):
     """Embed a gallery into an index (re-embeds only new or changed files)."""
@@ -150,11 +151,11 @@ def eval_command(
     model: Optional[Path] = MODEL,
     queries: Optional[Path] = typer.Option(None, "--queries", help="Query folder in the gallery layout "
                                            "(default: leave-one-out over the gallery)."),
-    queries_list: Optional[Path] = typer.Option(None, "--queries-list", help="List file of queries, "
-                                                "paths relative to --queries."),
+    queries_list: Optional[List[Path]] = typer.Option(None, "--queries-list", help="List file of queries, "
+                                                      "paths relative to --queries; repeatable."),
     metric: List[str] = typer.Option(["recall@1"], "--metric", help="recall@K or map@r; repeatable."),
     unknown: Optional[Path] = UNKNOWN,
-    unknown_list: Optional[Path] = UNKNOWN_LIST,
+    unknown_list: Optional[List[Path]] = UNKNOWN_LIST,
     target: Optional[float] = TARGET,
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report "
                                           "(thumbnails, per-label recall, confusions, plots) to this file."),
@@ -241,11 +242,11 @@ def calibrate(
     index: Path = INDEX,
     model: Optional[Path] = MODEL,
     queries: Path = typer.Option(..., "--queries", help="Photos of products in the gallery (gallery layout)."),
-    queries_list: Optional[Path] = typer.Option(None, "--queries-list", help="List file of queries, "
-                                                "paths relative to --queries."),
+    queries_list: Optional[List[Path]] = typer.Option(None, "--queries-list", help="List file of queries, "
+                                                      "paths relative to --queries; repeatable."),
     unknown: Path = typer.Option(..., "--unknown", help="Photos of products that are NOT in the gallery "
                                  "(label folders, loose photos, or the root of --unknown-list)."),
-    unknown_list: Optional[Path] = UNKNOWN_LIST,
+    unknown_list: Optional[List[Path]] = UNKNOWN_LIST,
     target: Optional[float] = TARGET,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     quiet: bool = QUIET,
@@ -485,10 +486,11 @@ def shrink(
     """Copy a photo collection at a smaller size, to move it to a training machine: list files and label
     folders work unchanged with the copy as their root."""
     from shitu.progress import Progress
-    from shitu.shrink import check_destination, collection_items, shrink_collection
+    from shitu.gallery import read_gallery
+    from shitu.shrink import check_destination, shrink_collection
 
     check_destination(data, out)
-    items = collection_items(data, list_files, warn)
+    items = read_gallery(data, list_files, warn)
     with Progress(len(items), f"shrinking to {side}px", quiet) as bar:
         report = shrink_collection(data, items, out, side, quality, bar.advance)
     for reason in report.bad:
@@ -506,8 +508,8 @@ def quantize(
     out: Path = typer.Option(..., "--out", help="int8 ONNX file to write."),
     calibration: Path = typer.Option(..., "--calibration", help="Gallery-like photos to calibrate on: "
                                      "one sub-folder per label."),
-    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path<TAB>label' lines, "
-                                             "paths relative to --calibration."),
+    list_file: Optional[List[Path]] = typer.Option(None, "--list", help="List file of 'path<TAB>label' "
+                                                   "lines, paths relative to --calibration; repeatable."),
     images: int = typer.Option(64, "--images", min=1, help="Calibration photos to use, taken label by "
                                "label in turn (memory grows with them: ~3 GB for 64 at 160 px)."),
     quiet: bool = QUIET,

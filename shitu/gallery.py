@@ -16,7 +16,7 @@ import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence, Union
 
 from shitu.errors import ShituError
 from shitu.imageio import is_image_name
@@ -66,9 +66,17 @@ class GalleryItem:
         object.__setattr__(self, "label", normalise_label(self.label))
 
 
-def read_gallery(root: str | Path, list_file: str | Path | None = None,
-                 warn: Warn | None = None) -> list[GalleryItem]:
-    """All labelled images of a gallery, sorted by relative path; what cannot be read goes to ``warn``."""
+ListFiles = Union[str, Path, Sequence[Union[str, Path]], None]  # one list file, several, or none
+
+
+def read_gallery(root: str | Path, list_file: ListFiles = None, warn: Warn | None = None) -> list[GalleryItem]:
+    """All labelled images of a gallery folder, or of one or several list files below ``root``, sorted
+    by relative path; what cannot be read goes to ``warn``.
+
+    The one duplicate policy of every reader (build, eval, calibrate, train, quantize, shrink): each photo
+    once. A list file naming a photo twice is a mistake in that file; several list files may name the
+    same photo when they agree on its label.
+    """
     root = Path(root)
     try:
         is_folder = root.is_dir()
@@ -77,9 +85,10 @@ def read_gallery(root: str | Path, list_file: str | Path | None = None,
     if not is_folder:
         raise ShituError(f"gallery folder not found: {shown(root)}")
     warn = warn or warn_on_stderr
-    items = read_list_file(root, Path(list_file)) if list_file else walk_folders(root, warn)
+    list_files = [list_file] if isinstance(list_file, (str, Path)) else list(list_file or [])
+    items = read_list_files(root, [Path(f) for f in list_files]) if list_files else walk_folders(root, warn)
     if not items:
-        source = list_file or root
+        source = ", ".join(str(f) for f in list_files) or root
         raise ShituError(f"no images found in {source} (expected one sub-folder of images per label)")
     return sorted(items, key=lambda item: item.relpath)
 
@@ -143,6 +152,18 @@ def storable_name(dirpath: str, name: str, warn: Warn) -> bool:
         warn(f"skipped {shown(os.path.join(dirpath, name))}: the name is not valid UTF-8 (rename it to index it)")
         return False
     return True
+
+
+def read_list_files(root: Path, list_files: list[Path]) -> list[GalleryItem]:
+    """The items of every list file, each photo once; two list files giving one photo two labels is an error."""
+    first = {}
+    for list_file in list_files:
+        for item in read_list_file(root, list_file):
+            earlier = first.setdefault(item.relpath, (item, list_file))
+            if earlier[0].label != item.label:
+                raise ShituError(f"{item.relpath!r} is {earlier[0].label!r} in {earlier[1]} but "
+                                 f"{item.label!r} in {list_file}")
+    return [item for item, _ in first.values()]
 
 
 def read_list_file(root: Path, list_file: Path) -> list[GalleryItem]:

@@ -52,7 +52,7 @@ class Evaluation:
     lone_queries: int = 0
 
 
-def read_unknowns(root: Path, list_file: Path | None = None, warn=None) -> list[GalleryItem]:
+def read_unknowns(root: Path, list_file=None, warn=None) -> list[GalleryItem]:
     """Unknown query photos: a list file, label folders, or simply photos in the folder (label '');
     what cannot be read goes to ``warn``."""
     root = Path(root)

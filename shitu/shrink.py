@@ -18,7 +18,7 @@ from typing import Callable
 from PIL import Image
 
 from shitu.errors import BadImage, ShituError
-from shitu.gallery import GalleryItem, read_gallery
+from shitu.gallery import GalleryItem
 from shitu.imageio import load_rgb
 
 
@@ -114,13 +114,3 @@ def shrink_collection(root: Path, items: list[GalleryItem], out: Path, side: int
             on_done()
     return report
 
-
-def collection_items(root: Path, list_files: list[Path] | None, warn=None) -> list[GalleryItem]:
-    """Every image once, even when several list files name it."""
-    if not list_files:
-        return read_gallery(root, warn=warn)
-    unique = {}
-    for list_file in list_files:
-        for item in read_gallery(root, list_file, warn):
-            unique.setdefault(item.relpath, item)
-    return [unique[key] for key in sorted(unique)]

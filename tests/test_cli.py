@@ -307,3 +307,19 @@ def test_the_command_is_installed_from_inside_the_package():
     result = subprocess.run([sys.executable, "-m", "shitu", "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and "build-index" in result.stdout
+
+
+def test_list_options_are_repeatable(colour_gallery, tiny_model, tmp_path):
+    items = [f"{p.relative_to(colour_gallery).as_posix()}\t{p.relative_to(colour_gallery).parts[0]}"
+             for p in sorted(colour_gallery.rglob("*.jpg"))]
+    (tmp_path / "first.txt").write_text("\n".join(items[:3]) + "\n", encoding="utf-8")
+    (tmp_path / "rest.txt").write_text("\n".join(items[2:]) + "\n", encoding="utf-8")  # one photo in both
+    index = tmp_path / "index"
+    built = shitu("build-index", colour_gallery, "--index", index, "--model", tiny_model, "-q",
+                  "--list", tmp_path / "first.txt", "--list", tmp_path / "rest.txt")
+    assert built.exit_code == 0, built.output
+    assert json.loads(shitu("info", "--index", index, "--json").stdout)["count"] == 6
+    evaluated = shitu("eval", "--index", index, "--queries", colour_gallery, "--json",
+                      "--queries-list", tmp_path / "first.txt", "--queries-list", tmp_path / "rest.txt")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["queries"] == 6

@@ -51,3 +51,30 @@ def test_missing_and_empty_galleries(tmp_path):
     (tmp_path / "empty" / "label").mkdir(parents=True)
     with pytest.raises(ShituError, match="no images"):
         read_gallery(tmp_path / "empty")
+
+
+def test_several_list_files_name_each_photo_once(tmp_path):
+    root = tmp_path / "g"
+    for name in ("a.png", "b.png", "c.png"):
+        solid(root / name, (9, 9, 9))
+    (tmp_path / "one.txt").write_text("a.png\tKiwi\nb.png\tKiwi\n")
+    (tmp_path / "two.txt").write_text("b.png\tKiwi\nc.png\tLime\n")  # b.png again, same label: taken once
+    items = read_gallery(root, [tmp_path / "one.txt", tmp_path / "two.txt"])
+    assert [(i.relpath, i.label) for i in items] == [("a.png", "Kiwi"), ("b.png", "Kiwi"), ("c.png", "Lime")]
+
+
+def test_list_files_that_disagree_on_a_label_are_refused(tmp_path):
+    root = tmp_path / "g"
+    solid(root / "a.png", (9, 9, 9))
+    (tmp_path / "one.txt").write_text("a.png\tKiwi\n")
+    (tmp_path / "two.txt").write_text("a.png\tLime\n")
+    with pytest.raises(ShituError, match="'a.png' is 'Kiwi' in .*one.txt but 'Lime' in .*two.txt"):
+        read_gallery(root, [tmp_path / "one.txt", tmp_path / "two.txt"])
+
+
+def test_a_list_file_naming_a_photo_twice_is_a_mistake(tmp_path):
+    root = tmp_path / "g"
+    solid(root / "a.png", (9, 9, 9))
+    (tmp_path / "one.txt").write_text("a.png\tKiwi\na.png\tKiwi\n")
+    with pytest.raises(ShituError, match="already listed on line 1"):
+        read_gallery(root, tmp_path / "one.txt")

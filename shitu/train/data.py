@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
@@ -13,13 +12,8 @@ from shitu.imageio import load_rgb, resize_square
 
 
 def read_records(root: str, lists: list[str]) -> list[GalleryItem]:
-    """Items of the gallery folder, or of each list file together (image paths relative to ``root``)."""
-    if not lists:
-        return read_gallery(root)
-    items = []
-    for name in lists:
-        items += read_gallery(root, Path(name))
-    return items
+    """Items of the gallery folder, or of its list files together (image paths relative to ``root``)."""
+    return read_gallery(root, lists)
 
 
 def decode_all(items: list[GalleryItem], side: int, threads: int = 2, progress=None) -> np.ndarray:
