@@ -141,74 +141,102 @@ def gallery_path(root: str, relpath: str) -> Path:
 
 def write_report(out: Path, evaluation: Evaluation, recognizer, title: str = "shitu evaluation") -> Path:
     """Write the HTML report for ``evaluation`` (searched with ``recognizer``) to ``out``."""
-    from shitu import reportplots
-
     out = Path(out)
     if out.is_dir():
         raise ShituError(f"--report {out} is a folder: give a file name such as report.html")
     snapshot = read_snapshot(recognizer.directory, recognizer.embedder.info, with_vectors=True)
     order = {row_id: n for n, row_id in enumerate(snapshot.ids.tolist())}
     rows = [snapshot.rows[row_id] for row_id in sorted(order, key=order.get)]
-    root = snapshot.manifest.get("gallery_root", "")
-    thumbs = Thumbnails()
-    manifest = snapshot.manifest
-    chosen = evaluation.chosen
-    known = evaluation.known
-    recalls = recall_at_k(known)
-    parts = [f"<h1>{esc(title)}</h1>",
-             f'<p class="note">index {esc(recognizer.directory)} &middot; model {esc(manifest["model_name"])} '
-             f'{esc(manifest["model_version"])} &middot; {len(rows)} gallery photos of '
-             f'{len(set(r.label for r in rows))} labels &middot; {len(known)} known queries'
-             + (f" &middot; {len(evaluation.unknown)} unknown queries" if evaluation.unknown else "")
-             + f' &middot; {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']
+    root, thumbs = snapshot.manifest.get("gallery_root", ""), Thumbnails()
+    recalls = recall_at_k(evaluation.known)
+    parts = [*header(title, recognizer.directory, snapshot.manifest, rows, evaluation),
+             *metrics_section(evaluation, recalls), *open_set_section(evaluation),
+             *plots_section(evaluation, recalls),
+             "<h2>Recall@1 per label, worst first</h2>",
+             table(["label", "queries", "right", "recall@1", "most often taken for"], per_label(evaluation.known),
+                   {1, 2, 3}),
+             *confusions_section(evaluation, snapshot.vectors, rows, root, thumbs),
+             *unknowns_section(evaluation, root, thumbs)]
+    page = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+            f"<title>{esc(title)}</title><style>{STYLE}</style><script>{IMAGE_CHECK}</script></head>"
+            f"<body>{''.join(parts)}</body></html>\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise ShituError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+    return out
 
-    parts.append("<h2>Metrics</h2>")
+
+def header(title: str, directory, manifest: dict, rows, evaluation: Evaluation) -> list[str]:
+    """The title and one line on what was measured: index, model, gallery and query counts, time."""
+    known, unknown = evaluation.known, evaluation.unknown
+    return [f"<h1>{esc(title)}</h1>",
+            f'<p class="note">index {esc(directory)} &middot; model {esc(manifest["model_name"])} '
+            f'{esc(manifest["model_version"])} &middot; {len(rows)} gallery photos of '
+            f'{len(set(r.label for r in rows))} labels &middot; {len(known)} known queries'
+            + (f" &middot; {len(unknown)} unknown queries" if unknown else "")
+            + f' &middot; {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']
+
+
+def metrics_section(evaluation: Evaluation, recalls: dict) -> list[str]:
     figures = [[name, f"{value:.4f}"] for name, value in evaluation.metrics.items()
                if name not in ("queries", "lone_queries")]
-    parts.append(table(["metric", "value"], figures, {1}))
-    parts.append(table(["k"] + [str(k) for k in recalls], [["recall@k"] + [f"{v:.3f}" for v in recalls.values()]],
-                       set(range(1, len(recalls) + 1))))
+    parts = ["<h2>Metrics</h2>", table(["metric", "value"], figures, {1}),
+             table(["k"] + [str(k) for k in recalls], [["recall@k"] + [f"{v:.3f}" for v in recalls.values()]],
+                   set(range(1, len(recalls) + 1)))]
     if evaluation.lone_queries:
         parts.append(f'<p class="note">{evaluation.lone_queries} known queries left out: their label is not '
                      f"in the gallery.</p>")
-    if chosen is not None:
-        point = point_json(chosen)
-        parts.append(f"<h2>Open set: threshold {chosen.threshold:.4f}</h2>")
-        parts.append(table(["at this threshold", "fraction"],
-                           [["known answered right", f'{point["known_right"]:.3f}'],
-                            ["known answered wrong", f'{point["known_wrong"]:.3f}'],
-                            ["known rejected", f'{point["known_rejected"]:.3f}'],
-                            ["unknown rejected", f'{point["unknown_rejected"]:.3f}'],
-                            ["balanced accuracy", f'{point["balanced_accuracy"]:.3f}'],
-                            ["area under known-right vs unknown-rejected", f"{evaluation.curve.auc():.3f}"]], {1}))
+    return parts
 
-    parts.append("<h2>Plots</h2>")
+
+def open_set_section(evaluation: Evaluation) -> list[str]:
+    """The four fractions at the chosen threshold, when there were unknown queries."""
+    chosen = evaluation.chosen
+    if chosen is None:
+        return []
+    point = point_json(chosen)
+    return [f"<h2>Open set: threshold {chosen.threshold:.4f}</h2>",
+            table(["at this threshold", "fraction"],
+                  [["known answered right", f'{point["known_right"]:.3f}'],
+                   ["known answered wrong", f'{point["known_wrong"]:.3f}'],
+                   ["known rejected", f'{point["known_rejected"]:.3f}'],
+                   ["unknown rejected", f'{point["unknown_rejected"]:.3f}'],
+                   ["balanced accuracy", f'{point["balanced_accuracy"]:.3f}'],
+                   ["area under known-right vs unknown-rejected", f"{evaluation.curve.auc():.3f}"]], {1})]
+
+
+def plots_section(evaluation: Evaluation, recalls: dict) -> list[str]:
+    """Score histograms, recall@k and the threshold curve as inlined PNGs; without matplotlib, how to get them."""
+    from shitu import reportplots
+
     plt = reportplots.pyplot()
     if plt is None:
-        parts.append(f'<p class="note">The plots (score histograms, recall@k, threshold curve) need matplotlib: '
-                     f"<code>{esc(PLOTS_HINT)}</code>, then run the same <code>shitu eval --report</code> again.</p>")
-    else:
-        pictures = [reportplots.score_histograms(plt, [q.score for q in known if q.correct],
-                                                 [q.score for q in known if not q.correct],
-                                                 [q.score for q in evaluation.unknown],
-                                                 chosen.threshold if chosen else None),
-                    reportplots.recall_curve(plt, recalls)]
-        if chosen is not None:
-            pictures.append(reportplots.threshold_curve(plt, evaluation.curve, chosen))
-        names = ["top-1 scores", "recall at k", "threshold curve"]
-        parts.append('<div class="plots">' + "".join(
-            f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-            for name, data in zip(names, pictures)) + "</div>")
+        return ["<h2>Plots</h2>",
+                f'<p class="note">The plots (score histograms, recall@k, threshold curve) need matplotlib: '
+                f"<code>{esc(PLOTS_HINT)}</code>, then run the same <code>shitu eval --report</code> again.</p>"]
+    known, chosen = evaluation.known, evaluation.chosen
+    pictures = [reportplots.score_histograms(plt, [q.score for q in known if q.correct],
+                                             [q.score for q in known if not q.correct],
+                                             [q.score for q in evaluation.unknown],
+                                             chosen.threshold if chosen else None),
+                reportplots.recall_curve(plt, recalls)]
+    if chosen is not None:
+        pictures.append(reportplots.threshold_curve(plt, evaluation.curve, chosen))
+    names = ["top-1 scores", "recall at k", "threshold curve"]
+    return ["<h2>Plots</h2>", '<div class="plots">' + "".join(
+        f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+        for name, data in zip(names, pictures)) + "</div>"]
 
-    parts.append("<h2>Recall@1 per label, worst first</h2>")
-    parts.append(table(["label", "queries", "right", "recall@1", "most often taken for"], per_label(known),
-                       {1, 2, 3}))
 
-    worst = confusions(evaluation, snapshot.vectors, rows)
-    parts.append(f"<h2>Worst confusions ({len(worst)} of {sum(not q.correct for q in known)} wrong answers)</h2>")
-    parts.append('<p class="note">Query; the wrong top-1; the right label\'s best gallery photo. Worst first: '
-                 "by how far the wrong photo scored above the right one.</p>")
-    parts.append('<div class="rows">')
+def confusions_section(evaluation: Evaluation, vectors, rows, root: str, thumbs: Thumbnails) -> list[str]:
+    """The worst wrong answers as rows of thumbnails: query, wrong top-1, the right label's best photo."""
+    worst = confusions(evaluation, vectors, rows)
+    parts = [f"<h2>Worst confusions ({len(worst)} of {sum(not q.correct for q in evaluation.known)} wrong "
+             f"answers)</h2>",
+             '<p class="note">Query; the wrong top-1; the right label\'s best gallery photo. Worst first: '
+             "by how far the wrong photo scored above the right one.</p>", '<div class="rows">']
     for margin, query, (right_row, right_score) in worst:
         top = query.matches[0]
         parts.append('<div class="row">'
@@ -219,30 +247,24 @@ def write_report(out: Path, evaluation: Evaluation, recognizer, title: str = "sh
                                      f'<span class="right">best {esc(right_row.label)}</span><br>'
                                      f"score {right_score:.4f}, {margin:.4f} behind")
                      + "</div>")
-    parts.append("</div>")
+    return parts + ["</div>"]
 
-    if evaluation.unknown:
-        highest = sorted(evaluation.unknown, key=lambda q: -q.score)[:UNKNOWNS]
-        parts.append("<h2>Unknown queries with the highest scores</h2>")
-        parts.append('<p class="note">Products not in the gallery that look most like something in it.</p>')
-        parts.append('<div class="rows">')
-        for query in highest:
-            top = query.matches[0]
-            verdict = "" if chosen is None else (" (rejected)" if query.score < chosen.threshold else
-                                                 ' <span class="wrong">(answered)</span>')
-            parts.append('<div class="row">'
-                         + thumbs.figure(query.item.path, f"unknown: {esc(query.item.label or query.item.relpath)}")
-                         + thumbs.figure(gallery_path(root, top.path),
-                                         f"top-1: {esc(top.label)}<br>score {top.score:.4f}{verdict}")
-                         + "</div>")
-        parts.append("</div>")
 
-    page = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            f"<title>{esc(title)}</title><style>{STYLE}</style><script>{IMAGE_CHECK}</script></head>"
-            f"<body>{''.join(parts)}</body></html>\n")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(page, encoding="utf-8")
-    except OSError as exc:
-        raise ShituError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
-    return out
+def unknowns_section(evaluation: Evaluation, root: str, thumbs: Thumbnails) -> list[str]:
+    """The unknown photos that look most like something in the gallery, and whether they were rejected."""
+    if not evaluation.unknown:
+        return []
+    chosen = evaluation.chosen
+    parts = ["<h2>Unknown queries with the highest scores</h2>",
+             '<p class="note">Products not in the gallery that look most like something in it.</p>',
+             '<div class="rows">']
+    for query in sorted(evaluation.unknown, key=lambda q: -q.score)[:UNKNOWNS]:
+        top = query.matches[0]
+        verdict = "" if chosen is None else (" (rejected)" if query.score < chosen.threshold else
+                                             ' <span class="wrong">(answered)</span>')
+        parts.append('<div class="row">'
+                     + thumbs.figure(query.item.path, f"unknown: {esc(query.item.label or query.item.relpath)}")
+                     + thumbs.figure(gallery_path(root, top.path),
+                                     f"top-1: {esc(top.label)}<br>score {top.score:.4f}{verdict}")
+                     + "</div>")
+    return parts + ["</div>"]
