@@ -70,7 +70,7 @@ def build_call(items, work: Path, embedder):
     counter = iter(range(1_000_000))
 
     def call():
-        build_index(items, work / f"index-{next(counter)}", embedder, quiet=True)
+        build_index(items, work / f"index-{next(counter)}", embedder)
     return call
 
 

@@ -62,13 +62,13 @@ def measure(model: str, sets: dict, unknown_sets: dict, work: Path, target: floa
 
     path = resolve_model(model)
     index = work / f"index-{path.stem}"
-    build_index(sets["gallery"], index, Embedder(path), quiet=True)
+    build_index(sets["gallery"], index, Embedder(path))
     recognizer = Recognizer(index, path)
-    known = score_queries(recognizer, sets["known"], 1, "known", quiet=True)
+    known = score_queries(recognizer, sets["known"], 1, "known")
     known_scores, correct = [q.score for q in known], [q.correct for q in known]
     rows, first = [], None
     for name, items in unknown_sets.items():
-        unknown = [q.score for q in score_queries(recognizer, items, 1, name, quiet=True)]
+        unknown = [q.score for q in score_queries(recognizer, items, 1, name)]
         curve = open_set_curve(known_scores, correct, unknown)
         chosen = choose_threshold(curve, target)
         rows.append({"model": model if model in ("fp32", "int8") else path.name, "unknowns": name, "rule": rule_name(target),

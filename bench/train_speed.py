@@ -78,7 +78,7 @@ def worker(data: Path, size: int, batch_classes: int, steps: int, warmup: int, t
     config = TrainConfig(data=str(data), resolutions=[[0, size]], batch_classes=batch_classes,
                          teacher=teacher, teacher_views=teacher_views, epochs=1, **recipe).validate()
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(config, Path(run_dir), device="cpu", quiet=True)
+        trainer = Trainer(config, Path(run_dir), device="cpu")
         images = trainer.cache(trainer.items, round(size * 1.25), "train")
         photos = trainer.cache(trainer.distill_items, round(size * 1.25), "distill") if distill else None
         labels = torch.from_numpy(trainer.labels)

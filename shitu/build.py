@@ -18,7 +18,7 @@ from shitu.embed import Embedder
 from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
 from shitu.imageio import open_image_file
-from shitu.progress import Progress
+from shitu.progress import SILENT, Reporter
 from shitu.store import (DB_NAME, FORMAT_VERSION, HNSW_EF_SEARCH, IndexStore, connect, create_schema, discard,
                          fsync_path, make_faiss_index, now, remove_stale_faiss, resolve_index_type, vector_blob,
                          write_faiss_file, write_lock)
@@ -89,15 +89,14 @@ def highest_generation(directory: Path) -> int:
 
 
 def build_index(items: list[GalleryItem], directory: str | Path, embedder: Embedder,
-                index_type: str = "auto", gallery_root: str = "", quiet: bool = False,
-                warn=None) -> BuildReport:
-    """Index ``items`` into ``directory``; bad images are skipped and reported through ``warn``."""
+                index_type: str = "auto", gallery_root: str = "", reporter: Reporter = SILENT) -> BuildReport:
+    """Index ``items`` into ``directory``; bad images are skipped and told to ``reporter``."""
     directory = Path(directory)
     report = BuildReport()
     with write_lock(directory):
         previous = previous_index(directory, embedder)
         reusable = previous.reusable
-        hashes = hash_items(items, quiet)
+        hashes = hash_items(items, reporter)
         keep, todo = [], []
         for position, item in enumerate(items):
             old = reusable.get(item.relpath)
@@ -105,7 +104,7 @@ def build_index(items: list[GalleryItem], directory: str | Path, embedder: Embed
                 keep.append((position, old[1], old[2]))
             else:
                 todo.append(position)
-        fresh = embed_items(items, todo, embedder, quiet, report, warn)
+        fresh = embed_items(items, todo, embedder, report, reporter)
         report.reused, report.embedded = len(keep), len(fresh)
         report.removed = len(set(reusable) - {items[p].relpath for p, _, _ in keep})
         rows = assign_ids(items, hashes, keep, fresh, previous.next_id)
@@ -118,8 +117,8 @@ def build_index(items: list[GalleryItem], directory: str | Path, embedder: Embed
     return report
 
 
-def hash_items(items: list[GalleryItem], quiet: bool) -> list[str | None]:
-    with Progress(len(items), "hashing gallery files", quiet) as bar:
+def hash_items(items: list[GalleryItem], reporter: Reporter) -> list[str | None]:
+    with reporter.progress(len(items), "hashing gallery files") as bar:
         hashes = []
         for item in items:
             hashes.append(content_hash(item.path))
@@ -127,16 +126,15 @@ def hash_items(items: list[GalleryItem], quiet: bool) -> list[str | None]:
     return hashes
 
 
-def embed_items(items, positions, embedder, quiet, report, warn) -> dict[int, np.ndarray]:
+def embed_items(items, positions, embedder, report, reporter: Reporter) -> dict[int, np.ndarray]:
     """Embed the images at ``positions``; returns ``{position: vector}``."""
     vectors = {}
 
     def bad(local, reason):
         report.bad.append(reason)
-        if warn:
-            warn(f"skipped {reason}")
+        reporter.warn(f"skipped {reason}")
 
-    with Progress(len(positions), "embedding images", quiet) as bar:
+    with reporter.progress(len(positions), "embedding images") as bar:
         paths = [items[p].path for p in positions]
         for locals_, batch in embedder.embed_files(paths, on_bad=bad, on_done=lambda n: bar.advance()):
             for local, vector in zip(locals_, batch):

@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from shitu.errors import ShituError
+from shitu.progress import TerminalReporter, printable
 
 app = typer.Typer(help="Recognise products in photos: PP-LCNet-2.5x embeddings, FAISS search, SQLite labels.",
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -26,15 +27,6 @@ UNKNOWN_LIST = typer.Option(None, "--unknown-list", help="List file of unknown p
                             "--unknown; repeatable.")
 TARGET = typer.Option(None, "--target-unknown-rejection", help="Choose the lowest threshold that rejects this "
                       "share of unknown photos (0..1; default: the best balanced accuracy).")
-
-
-def printable(text: str) -> str:
-    """Output is always valid UTF-8: bytes of a file name that are not UTF-8 (surrogates) show as \\xNN."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def warn(message: str):
-    typer.echo(printable(f"warning: {message}"), err=True)
 
 
 def finite(param: typer.CallbackParam, value: Optional[float]) -> Optional[float]:
@@ -107,9 +99,10 @@ def build_index(
     from shitu.gallery import read_gallery
     from shitu.store import model_for_index
 
-    items = read_gallery(gallery, list_file, warn)
+    reporter = TerminalReporter(quiet)
+    items = read_gallery(gallery, list_file, reporter)
     embedder = Embedder(model_for_index(index, model))
-    report = build(items, index, embedder, index_type, str(gallery.resolve()), quiet, warn)
+    report = build(items, index, embedder, index_type, str(gallery.resolve()), reporter)
     typer.echo(f"indexed {report.images} images of {report.labels} labels into {index} "
                f"({report.index_type}): {report.embedded} embedded, {report.reused} reused, "
                f"{report.removed} removed, {len(report.bad)} unreadable skipped", err=True)
@@ -171,10 +164,12 @@ def eval_command(
     if queries_list and not queries:
         raise ShituError("--queries-list needs --queries, the folder its paths are relative to")
     check_open_set_flags(queries, unknown, unknown_list, target, report)
-    items = read_gallery(queries, queries_list, warn) if queries else None
+    reporter = TerminalReporter(quiet)
+    items = read_gallery(queries, queries_list, reporter) if queries else None
     if unknown or report:
-        return open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json, quiet)
-    result = Recognizer(index, model).evaluate(metrics, items, quiet, warn)
+        return open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json,
+                             reporter)
+    result = Recognizer(index, model).evaluate(metrics, items, reporter)
     output = {m: round(result[m], 4) for m in metrics}
     output.update(queries=result["queries"], gallery=result["gallery"])
     if as_json:
@@ -198,16 +193,16 @@ def check_open_set_flags(queries, unknown, unknown_list, target, report):
     check_target(target)
 
 
-def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json, quiet):
+def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json, reporter):
     """``eval`` with unknown queries or a report: one search of every photo serves both."""
     from shitu.openset import point_json, rule_name
     from shitu.recognizer import Recognizer
     from shitu.scoring import REPORT_DEPTH, evaluate_queries, read_unknowns
 
-    unknown_items = read_unknowns(unknown, unknown_list, warn) if unknown else None
+    unknown_items = read_unknowns(unknown, unknown_list, reporter) if unknown else None
     recognizer = Recognizer(index, model)
     evaluation = evaluate_queries(recognizer, items, metrics, unknown_items, target,
-                                  REPORT_DEPTH if report else 1, quiet, warn)
+                                  REPORT_DEPTH if report else 1, reporter)
     output = {m: round(evaluation.metrics[m], 4) for m in metrics}
     output.update(queries=evaluation.metrics["queries"], gallery=len(evaluation.gallery_labels))
     if evaluation.curve is not None:
@@ -258,10 +253,11 @@ def calibrate(
     from shitu.scoring import evaluate_queries, read_unknowns
 
     check_open_set_flags(queries, unknown, unknown_list, target, None)
-    items = read_gallery(queries, queries_list, warn)
-    unknown_items = read_unknowns(unknown, unknown_list, warn)
+    reporter = TerminalReporter(quiet)
+    items = read_gallery(queries, queries_list, reporter)
+    unknown_items = read_unknowns(unknown, unknown_list, reporter)
     recognizer = Recognizer(index, model)
-    evaluation = evaluate_queries(recognizer, items, ["recall@1"], unknown_items, target, 1, quiet, warn)
+    evaluation = evaluate_queries(recognizer, items, ["recall@1"], unknown_items, target, 1, reporter)
     record = calibration_record(evaluation, target, recognizer.snapshot.manifest)
     store_calibration(index, record)
     if as_json:
@@ -337,7 +333,7 @@ def train(
                      val_list=val_list, val_gallery_list=val_gallery_list, epochs=epochs, lr=lr,
                      teacher=teacher, backbone=backbone, seed=seed, init_from=init_from,
                      resolutions=[[0, size]] if size else None)
-    trainer = Trainer(load_config(config, overrides), out, device, quiet)
+    trainer = Trainer(load_config(config, overrides), out, device, TerminalReporter(quiet))
     if trainer.device.type == "cpu" and trainer.world.main and not quiet:
         from shitu.train.allocator import allocator_hint
 
@@ -387,7 +383,7 @@ def add(
 
     if label is None and any(path.is_file() for path in paths):
         ctx.fail("image files need --label (folders take labels from their label folders)")
-    report = add_images(paths, index, Embedder(model_for_index(index, model)), label, quiet, warn)
+    report = add_images(paths, index, Embedder(model_for_index(index, model)), label, TerminalReporter(quiet))
     if report.rebuilt:
         rebuilt_note(report)
     typer.echo(f"{index}: {report.added} new images added, {report.replaced} changed ones replaced, "
@@ -485,16 +481,13 @@ def shrink(
 ):
     """Copy a photo collection at a smaller size, to move it to a training machine: list files and label
     folders work unchanged with the copy as their root."""
-    from shitu.progress import Progress
     from shitu.gallery import read_gallery
     from shitu.shrink import check_destination, shrink_collection
 
     check_destination(data, out)
-    items = read_gallery(data, list_files, warn)
-    with Progress(len(items), f"shrinking to {side}px", quiet) as bar:
-        report = shrink_collection(data, items, out, side, quality, bar.advance)
-    for reason in report.bad:
-        warn(f"skipped {reason}")
+    reporter = TerminalReporter(quiet)
+    items = read_gallery(data, list_files, reporter)
+    report = shrink_collection(data, items, out, side, quality, reporter)
     typer.echo(f"wrote {report.shrunk + report.copied} images to {out} ({report.shrunk} shrunk, {report.copied} "
                f"copied unchanged, {len(report.bad)} unreadable skipped): {report.bytes_before / 1e6:.1f} MB "
                f"-> {report.bytes_after / 1e6:.1f} MB", err=True)
@@ -521,8 +514,9 @@ def quantize(
         from shitu.quantize import pick_calibration, quantize_model
     except ImportError as exc:
         raise ShituError(f"this command needs onnx: pip install 'shitu[quantize]' ({exc})") from None
-    items = pick_calibration(read_gallery(calibration, list_file, warn), images)
-    report = quantize_model(model, out, items, quiet=quiet, warn=warn)
+    reporter = TerminalReporter(quiet)
+    items = pick_calibration(read_gallery(calibration, list_file, reporter), images)
+    report = quantize_model(model, out, items, reporter=reporter)
     typer.echo(f"wrote {report.path} (version {report.version}): calibrated on {report.images} images, "
                f"{len(report.bad)} unreadable skipped; {report.int8_bytes / 1e6:.1f} MB, "
                f"{report.int8_bytes / report.fp32_bytes:.0%} of the fp32 file. Indexes built with the fp32 "

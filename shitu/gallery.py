@@ -12,7 +12,6 @@ the index; they are skipped with a warning naming them (see ``unstorable``).
 from __future__ import annotations
 
 import os
-import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,9 @@ from typing import Callable, Sequence, Union
 
 from shitu.errors import ShituError
 from shitu.imageio import is_image_name
+from shitu.progress import SILENT, Reporter
 
 Warn = Callable[[str], None]
-
-
-def warn_on_stderr(message: str):
-    """The default for library callers that pass no ``warn``: a skipped folder is never silent."""
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def normalise_label(label: str) -> str:
@@ -69,9 +64,9 @@ class GalleryItem:
 ListFiles = Union[str, Path, Sequence[Union[str, Path]], None]  # one list file, several, or none
 
 
-def read_gallery(root: str | Path, list_file: ListFiles = None, warn: Warn | None = None) -> list[GalleryItem]:
+def read_gallery(root: str | Path, list_file: ListFiles = None, reporter: Reporter = SILENT) -> list[GalleryItem]:
     """All labelled images of a gallery folder, or of one or several list files below ``root``, sorted
-    by relative path; what cannot be read goes to ``warn``.
+    by relative path; what cannot be read is told to ``reporter``.
 
     The one duplicate policy of every reader (build, eval, calibrate, train, quantize, shrink): each photo
     once. A list file naming a photo twice is a mistake in that file; several list files may name the
@@ -84,9 +79,8 @@ def read_gallery(root: str | Path, list_file: ListFiles = None, warn: Warn | Non
         raise ShituError(f"cannot read gallery folder {shown(root)}: {exc.strerror or exc}") from None
     if not is_folder:
         raise ShituError(f"gallery folder not found: {shown(root)}")
-    warn = warn or warn_on_stderr
     list_files = [list_file] if isinstance(list_file, (str, Path)) else list(list_file or [])
-    items = read_list_files(root, [Path(f) for f in list_files]) if list_files else walk_folders(root, warn)
+    items = read_list_files(root, [Path(f) for f in list_files]) if list_files else walk_folders(root, reporter.warn)
     if not items:
         source = ", ".join(str(f) for f in list_files) or root
         raise ShituError(f"no images found in {source} (expected one sub-folder of images per label)")
@@ -118,7 +112,7 @@ def iter_images(folder: Path, warn: Warn | None = None, root: Path | None = None
     would otherwise file every image again under a label ``loop``. Folders that cannot be listed and
     names that are not UTF-8 are reported to ``warn`` and skipped.
     """
-    warn = warn or warn_on_stderr
+    warn = warn or SILENT.warn
     top = os.path.realpath(root if root is not None else folder)
     seen = set()
 

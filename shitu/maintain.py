@@ -25,6 +25,7 @@ from shitu.build import embed_items, hash_items, highest_generation
 from shitu.embed import Embedder, ModelInfo
 from shitu.errors import ShituError
 from shitu.gallery import GalleryItem, iter_images
+from shitu.progress import SILENT, Reporter
 from shitu.store import (DB_NAME, IndexStore, add_vectors, committed_generation, discard, faiss_module,
                          load_matching_faiss, now, remove_stale_faiss, vector_blob, write_faiss_file, write_lock)
 
@@ -110,7 +111,7 @@ def relative_to_root(path: Path, root: Path) -> str | None:
 
 # -- add ---------------------------------------------------------------------------------------------
 def add_images(paths: list[str | Path], directory: str | Path, embedder: Embedder, label: str | None = None,
-               quiet: bool = False, warn=None) -> AddReport:
+               reporter: Reporter = SILENT) -> AddReport:
     """Add new images and replace changed ones; unchanged files cost a hash and nothing else.
 
     Ids of untouched rows never change; new and replaced images get ids above every id ever used.
@@ -119,10 +120,10 @@ def add_images(paths: list[str | Path], directory: str | Path, embedder: Embedde
         raise ShituError("--label must not be empty")
     report = AddReport()
     with writing(Path(directory), embedder.info) as store:
-        items = collect_items([Path(p) for p in paths], gallery_root(store), label, warn)
-        hashes = hash_items(items, quiet)
+        items = collect_items([Path(p) for p in paths], gallery_root(store), label, reporter.warn)
+        hashes = hash_items(items, reporter)
         change, todo, replacing = plan_add(store, items, hashes, report)
-        fresh = embed_items(items, todo, embedder, quiet, report, warn)
+        fresh = embed_items(items, todo, embedder, report, reporter)
         if todo and not fresh and not change.relabel:
             raise ShituError(f"none of the {len(todo)} new or changed images could be read; "
                              f"the index was not changed")

@@ -1,4 +1,9 @@
-"""A progress bar on stderr that stays quiet when stderr is not a terminal."""
+"""How long work says how far it got and what it skipped: one ``Reporter`` passed down, never a print.
+
+Library calls take ``reporter=SILENT`` by default, so the library itself prints nothing. The CLI passes a
+``TerminalReporter``: a progress bar on a terminal (one summary line per step when stderr is not one,
+nothing with ``--quiet``) and every skipped file as a ``warning:`` line.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,51 @@ import sys
 import time
 
 
-class Progress:
+class Steps:
+    """A counter of the steps of one piece of work; this one shows nothing."""
+
+    def __enter__(self):
+        return self
+
+    def advance(self, note: str = ""):
+        """One more step done; ``note`` (a loss, say) may be shown beside the count."""
+
+    def __exit__(self, *exc):
+        return False
+
+
+class Reporter:
+    """Says nothing: what a library caller gets unless it passes another reporter."""
+
+    def progress(self, total: int, title: str) -> Steps:
+        return Steps()
+
+    def warn(self, message: str):
+        """Something was left out (an unreadable photo, a folder that cannot be listed), and why."""
+
+
+SILENT = Reporter()
+
+
+class TerminalReporter(Reporter):
+    """The CLI's: bars (or summary lines) on stderr unless ``quiet``, and every skip as a warning."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def progress(self, total: int, title: str) -> Steps:
+        return Bar(total, title, self.quiet)
+
+    def warn(self, message: str):
+        print(printable(f"warning: {message}"), file=sys.stderr)
+
+
+def printable(text: str) -> str:
+    """Output is always valid UTF-8: bytes of a file name that are not UTF-8 (surrogates) show as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class Bar(Steps):
     """Counts steps; on a terminal draws a bar with speed and ETA, otherwise prints one summary line."""
 
     def __init__(self, total: int, title: str, quiet: bool = False):
@@ -15,9 +64,6 @@ class Progress:
         self.quiet = quiet
         self.started = time.time()
         self.note = ""
-
-    def __enter__(self):
-        return self
 
     def advance(self, note: str = ""):
         self.done += 1

@@ -57,7 +57,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from shitu.embed import Embedder, set_shitu_metadata
 from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
-from shitu.progress import Progress
+from shitu.progress import SILENT, Reporter
 
 CALIBRATION_BATCH = 1  # the percentile calibrator stacks outputs: every batch must be the same size
 PERCENTILE = 99.99
@@ -130,7 +130,7 @@ class GalleryCalibration(CalibrationDataReader):
 
 
 def quantize_model(model: str | Path, out: str | Path, calibration: list[GalleryItem],
-                   reduce_range: bool = True, quiet: bool = False, warn=None) -> QuantizeReport:
+                   reduce_range: bool = True, reporter: Reporter = SILENT) -> QuantizeReport:
     """Write an int8 copy of ``model`` to ``out`` (atomically), calibrated on ``calibration``."""
     out = Path(out)
     embedder = Embedder(model, threads=1)
@@ -147,15 +147,14 @@ def quantize_model(model: str | Path, out: str | Path, calibration: list[Gallery
 
     def bad(reason: str):
         report.bad.append(reason)
-        if warn:
-            warn(f"skipped {reason}")
+        reporter.warn(f"skipped {reason}")
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ShituError(f"cannot write {out}: {exc.strerror or exc}") from None
     with tempfile.TemporaryDirectory(prefix="shitu-quantize-") as tmp, \
-            Progress(len(calibration), "calibrating", quiet) as bar:
+            reporter.progress(len(calibration), "calibrating") as bar:
         reader = GalleryCalibration(embedder, [item.path for item in calibration], bad, bar.advance)
         if reader.pending is None:
             raise ShituError(f"none of the {len(calibration)} calibration images could be read")

@@ -13,7 +13,7 @@ from shitu.embed import Embedder
 from shitu.errors import ShituError
 from shitu.gallery import GalleryItem, normalise_label
 from shitu.metrics import evaluate, needed_depth, parse_metric
-from shitu.progress import Progress
+from shitu.progress import SILENT, Reporter
 from shitu.store import Snapshot, manifest_value, model_for_index, read_snapshot
 
 SHOWN_LABELS = 5  # labels named in a warning; the count says how many there are
@@ -102,7 +102,7 @@ class Recognizer:
         return answers
 
     def evaluate(self, metrics: list[str], queries: list[GalleryItem] | None = None,
-                 quiet: bool = False, warn=None) -> dict:
+                 reporter: Reporter = SILENT) -> dict:
         """Metrics for query images, or leave-one-out over the gallery when ``queries`` is None."""
         metrics = [parse_metric(m) for m in metrics] or ["recall@1"]
         leave_one_out = queries is None
@@ -116,22 +116,21 @@ class Recognizer:
             truth = [labels[i] for i in snapshot.ids.tolist()]
             ranked = ranked_labels(snapshot, snapshot.vectors, depth, labels, exclude=snapshot.ids)
         else:
-            vectors, truth = self.embed_queries(queries, quiet, warn)
+            vectors, truth = self.embed_queries(queries, reporter)
             ranked = ranked_labels(snapshot, vectors, depth, labels)
         result = evaluate(ranked, truth, gallery_labels, metrics, leave_one_out=leave_one_out)
         result["gallery"] = len(labels)
-        if result["lone_queries"] and warn:
-            warn(lone_queries_message(truth, gallery_labels, leave_one_out))
+        if result["lone_queries"]:
+            reporter.warn(lone_queries_message(truth, gallery_labels, leave_one_out))
         return result
 
-    def embed_queries(self, queries: list[GalleryItem], quiet: bool, warn) -> tuple[np.ndarray, list[str]]:
+    def embed_queries(self, queries: list[GalleryItem], reporter: Reporter) -> tuple[np.ndarray, list[str]]:
         vectors, truth = [], []
 
         def bad(_, reason):
-            if warn:
-                warn(f"skipped {reason}")
+            reporter.warn(f"skipped {reason}")
 
-        with Progress(len(queries), "embedding queries", quiet) as bar:
+        with reporter.progress(len(queries), "embedding queries") as bar:
             for positions, batch in self.embedder.embed_files([q.path for q in queries], on_bad=bad,
                                                               on_done=lambda n: bar.advance()):
                 vectors.append(batch)

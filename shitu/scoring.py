@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from shitu.errors import ShituError
-from shitu.gallery import GalleryItem, read_gallery, walk_folders, warn_on_stderr
+from shitu.gallery import GalleryItem, read_gallery, walk_folders
 from shitu.imageio import is_image_name
 from shitu.metrics import evaluate, needed_depth
 from shitu.openset import OpenSetCurve, OperatingPoint, choose_threshold, open_set_curve
-from shitu.progress import Progress
+from shitu.progress import SILENT, Reporter
 from shitu.recognizer import Match, Recognizer
 
 REPORT_DEPTH = 10  # the report plots recall@k for k = 1..10
@@ -52,32 +52,31 @@ class Evaluation:
     lone_queries: int = 0
 
 
-def read_unknowns(root: Path, list_file=None, warn=None) -> list[GalleryItem]:
+def read_unknowns(root: Path, list_file=None, reporter: Reporter = SILENT) -> list[GalleryItem]:
     """Unknown query photos: a list file, label folders, or simply photos in the folder (label '');
-    what cannot be read goes to ``warn``."""
+    what cannot be read goes to ``reporter``."""
     root = Path(root)
     if not root.is_dir():
         raise ShituError(f"unknown-photo folder not found: {root}")
     if list_file:
-        return read_gallery(root, list_file, warn)
+        return read_gallery(root, list_file, reporter)
     loose = [GalleryItem(path, path.name, "") for path in sorted(root.iterdir())
              if path.is_file() and not path.name.startswith(".") and is_image_name(path)]
-    items = sorted(walk_folders(root, warn or warn_on_stderr) + loose, key=lambda item: item.relpath)
+    items = sorted(walk_folders(root, reporter.warn) + loose, key=lambda item: item.relpath)
     if not items:
         raise ShituError(f"no images found in {root}")
     return items
 
 
 def score_queries(recognizer: Recognizer, items: list[GalleryItem], depth: int, what: str,
-                  quiet: bool = False, warn=None) -> list[ScoredQuery]:
+                  reporter: Reporter = SILENT) -> list[ScoredQuery]:
     """Embed ``items`` and keep each one's first ``depth`` matches; unreadable photos are skipped."""
     scored = []
 
     def bad(_, reason):
-        if warn:
-            warn(f"skipped {reason}")
+        reporter.warn(f"skipped {reason}")
 
-    with Progress(len(items), f"embedding {what} queries", quiet) as bar:
+    with reporter.progress(len(items), f"embedding {what} queries") as bar:
         for positions, vectors in recognizer.embedder.embed_files([item.path for item in items], on_bad=bad,
                                                                   on_done=lambda n: bar.advance()):
             for position, vector, found in zip(positions, vectors, recognizer.matches(vectors, depth)):
@@ -89,7 +88,7 @@ def score_queries(recognizer: Recognizer, items: list[GalleryItem], depth: int, 
 
 def evaluate_queries(recognizer: Recognizer, known_items: list[GalleryItem], metrics: list[str],
                      unknown_items: list[GalleryItem] | None = None, target_unknown_rejection: float | None = None,
-                     depth: int = 1, quiet: bool = False, warn=None) -> Evaluation:
+                     depth: int = 1, reporter: Reporter = SILENT) -> Evaluation:
     """Retrieval metrics for the known queries, and with ``unknown_items`` the open-set curve and the
     threshold the rule picks. Known queries of labels the gallery lacks are left out, as in ``evaluate``."""
     snapshot = recognizer.refresh()
@@ -101,17 +100,17 @@ def evaluate_queries(recognizer: Recognizer, known_items: list[GalleryItem], met
             raise ShituError(f"--unknown holds photos of {len(clash)} labels the gallery has (e.g. {clash[0]!r}): "
                              f"unknown queries must be products that are not in the gallery")
     depth = max(depth, needed_depth(metrics, gallery_labels, leave_one_out=False))
-    known = score_queries(recognizer, known_items, depth, "known", quiet, warn)
+    known = score_queries(recognizer, known_items, depth, "known", reporter)
     ranked = [[m.label for m in query.matches] for query in known]
     result = evaluate(ranked, [query.item.label for query in known], gallery_labels, metrics)
     lone = [query for query in known if query.item.label not in in_gallery]
-    if lone and warn:
-        warn(f"left out {len(lone)} known queries whose label is not in the gallery "
+    if lone:
+        reporter.warn(f"left out {len(lone)} known queries whose label is not in the gallery "
              f"(e.g. {lone[0].item.label!r}); pass them with --unknown instead")
     known = [query for query in known if query.item.label in in_gallery]
     evaluation = Evaluation(result, known, gallery_labels=gallery_labels, lone_queries=len(lone))
     if unknown_items:
-        evaluation.unknown = score_queries(recognizer, unknown_items, 1, "unknown", quiet, warn)
+        evaluation.unknown = score_queries(recognizer, unknown_items, 1, "unknown", reporter)
         evaluation.curve = open_set_curve([q.score for q in known], [q.correct for q in known],
                                           [q.score for q in evaluation.unknown])
         evaluation.chosen = choose_threshold(evaluation.curve, target_unknown_rejection)

@@ -13,13 +13,13 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
 from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
 from shitu.imageio import load_rgb
+from shitu.progress import SILENT, Reporter
 
 
 @dataclass
@@ -91,7 +91,7 @@ def safe_target(root: Path, out: Path, relpath: str) -> Path:
 
 
 def shrink_collection(root: Path, items: list[GalleryItem], out: Path, side: int, quality: int = 85,
-                      on_done: Callable[[], None] | None = None) -> ShrinkReport:
+                      reporter: Reporter = SILENT) -> ShrinkReport:
     """Copy ``items`` (images of the collection ``root``) to the same relative paths under ``out``.
 
     Unreadable images are skipped and reported; the originals are only ever read: every target is
@@ -100,17 +100,18 @@ def shrink_collection(root: Path, items: list[GalleryItem], out: Path, side: int
     check_destination(Path(root), Path(out))
     targets = [safe_target(Path(root), Path(out), item.relpath) for item in items]
     report = ShrinkReport()
-    for item, target in zip(items, targets):
-        try:
-            scaled = shrink_file(item.path, target, side, quality)
-        except BadImage as exc:
-            report.bad.append(str(exc))
-        else:
-            report.shrunk += scaled
-            report.copied += not scaled
-            report.bytes_before += item.path.stat().st_size
-            report.bytes_after += target.stat().st_size
-        if on_done:
-            on_done()
+    with reporter.progress(len(items), f"shrinking to {side}px") as bar:
+        for item, target in zip(items, targets):
+            try:
+                scaled = shrink_file(item.path, target, side, quality)
+            except BadImage as exc:
+                report.bad.append(str(exc))
+                reporter.warn(f"skipped {exc}")
+            else:
+                report.shrunk += scaled
+                report.copied += not scaled
+                report.bytes_before += item.path.stat().st_size
+                report.bytes_after += target.stat().st_size
+            bar.advance()
     return report
 

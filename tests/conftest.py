@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from shitu.embed import set_shitu_metadata
+from shitu.progress import Reporter
 
 REPO = Path(__file__).resolve().parents[1]
 GROCERY = REPO.parent / "shared" / "data" / "grocery"
@@ -105,3 +106,13 @@ def keep_torch_threads():
     yield
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+class Recorder(Reporter):
+    """A reporter that keeps what a library call warned about, for a test to look at."""
+
+    def __init__(self):
+        self.warnings = []
+
+    def warn(self, message: str):
+        self.warnings.append(message)

@@ -62,7 +62,7 @@ def distill_config(root, lists, **changes) -> TrainConfig:
 
 
 def test_teacher_sees_exactly_the_mixed_batch_the_student_sees(photos, tmp_path):
-    trainer = Trainer(distill_config(*photos), tmp_path / "run", device="cpu", quiet=True)
+    trainer = Trainer(distill_config(*photos), tmp_path / "run", device="cpu")
     student_inputs, teacher_inputs = [], []
     trainer.model.register_forward_hook(lambda m, inputs, out: student_inputs.append(inputs[0].clone()))
     trainer.teacher.register_forward_hook(lambda m, inputs, out: teacher_inputs.append(inputs[0].clone()))
@@ -80,7 +80,7 @@ def test_a_run_validates_on_natural_photos_and_export_records_its_labels(photos,
 
     from shitu.train.export import export_onnx
 
-    trainer = Trainer(distill_config(*photos), tmp_path / "run", device="cpu", quiet=True)
+    trainer = Trainer(distill_config(*photos), tmp_path / "run", device="cpu")
     trainer.fit()
     log = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= log["distill_val_recall@1"] <= 1.0
@@ -93,7 +93,7 @@ def test_a_run_validates_on_natural_photos_and_export_records_its_labels(photos,
 def test_validation_photos_that_are_also_trained_on_are_refused(photos, tmp_path):
     root, lists = photos
     with pytest.raises(ShituError, match="shares photos"):
-        Trainer(distill_config(root, lists, distill_lists=[]), tmp_path / "run", device="cpu", quiet=True)
+        Trainer(distill_config(root, lists, distill_lists=[]), tmp_path / "run", device="cpu")
 
 
 @pytest.mark.parametrize("changes, message", [

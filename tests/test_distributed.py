@@ -58,7 +58,7 @@ def trainer(tmp_path, name, **overrides):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
     return Trainer(load_config(config, {"data": str(DEMO), "epochs": 1, **overrides}), tmp_path / name,
-                   device="cpu", quiet=True)
+                   device="cpu")
 
 
 def test_bf16_autocast_trains_on_cpu_and_fp16_needs_a_gpu(tmp_path):

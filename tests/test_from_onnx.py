@@ -24,7 +24,7 @@ def trainer(tmp_path, **overrides) -> Trainer:
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
     return Trainer(load_config(config, {"data": str(DEMO), "epochs": 1, **overrides}), tmp_path / "run",
-                   device="cpu", quiet=True)
+                   device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from shitu.quantize import integer_hard_sigmoid, pick_calibration, quantize_mode
 from shitu.store import IndexStore  # noqa: E402
 from shitu.train.config import TrainConfig  # noqa: E402
 from shitu.train.checkpoint import build_model  # noqa: E402
-from tests.conftest import MEAN, REPO, STD  # noqa: E402
+from tests.conftest import MEAN, REPO, STD, Recorder  # noqa: E402
 
 SIZE = 96
 DEMO = REPO / "tests" / "synthetic" / "demo"
@@ -140,7 +140,7 @@ def test_trained_network_embeddings_stay_close(tmp_path):
     from shitu.nn.teacher import Teacher
 
     fp32 = write_shitu_onnx(Normalized(Teacher("efficientnet_lite0")), tmp_path / "lite0.onnx", 1280)
-    int8 = quantize_model(fp32, tmp_path / "lite0.int8.onnx", read_gallery(DEMO), quiet=True).path
+    int8 = quantize_model(fp32, tmp_path / "lite0.int8.onnx", read_gallery(DEMO)).path
     cosine = cosines(fp32, int8)
     # Measured on AMD Zen 3 (AVX2): mean 0.968, min 0.895 (MinMax calibration: 0.967, 0.875; without
     # reduce_range: 0.883, 0.676).
@@ -149,7 +149,7 @@ def test_trained_network_embeddings_stay_close(tmp_path):
 
 @pytest.mark.slow
 def test_index_of_the_fp32_model_is_refused_for_the_int8_one(fp32_model, int8_model, tmp_path):
-    build_index(read_gallery(DEMO), tmp_path / "index", Embedder(fp32_model), quiet=True)
+    build_index(read_gallery(DEMO), tmp_path / "index", Embedder(fp32_model))
     with pytest.raises(ShituError, match="epoch5-int8"):
         IndexStore.open(tmp_path / "index", Embedder(int8_model).info)
 
@@ -158,20 +158,19 @@ def test_index_of_the_fp32_model_is_refused_for_the_int8_one(fp32_model, int8_mo
 def test_refuses_to_quantize_twice_or_over_itself(fp32_model, int8_model, tmp_path):
     items = read_gallery(DEMO)[:2]
     with pytest.raises(ShituError, match="already quantized"):
-        quantize_model(int8_model, tmp_path / "again.onnx", items, quiet=True)
+        quantize_model(int8_model, tmp_path / "again.onnx", items)
     with pytest.raises(ShituError, match="new file"):
-        quantize_model(fp32_model, fp32_model, items, quiet=True)
+        quantize_model(fp32_model, fp32_model, items)
 
 
 def test_no_readable_calibration_image_is_an_error(tmp_path):
     model = tiny_shitu_onnx(tmp_path)
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not a jpeg")
-    warnings = []
+    reporter = Recorder()
     with pytest.raises(ShituError, match="none of the 1 calibration images"):
-        quantize_model(model, tmp_path / "out.onnx", [GalleryItem(junk, "x/junk.jpg", "x")], quiet=True,
-                       warn=warnings.append)
-    assert len(warnings) == 1 and not (tmp_path / "out.onnx").exists()
+        quantize_model(model, tmp_path / "out.onnx", [GalleryItem(junk, "x/junk.jpg", "x")], reporter=reporter)
+    assert len(reporter.warnings) == 1 and not (tmp_path / "out.onnx").exists()
 
 
 def test_calibration_takes_labels_in_turn():
@@ -242,10 +241,10 @@ def test_quantize_takes_the_name_fp32_and_refuses_a_folder_as_out_before_any_wor
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not a jpeg")
     with pytest.raises(ShituError, match="none of the 1 calibration images"):  # got past the fp32 model's size
-        quantize_model("fp32", tmp_path / "out.onnx", [GalleryItem(junk, "x/junk.jpg", "x")], quiet=True)
+        quantize_model("fp32", tmp_path / "out.onnx", [GalleryItem(junk, "x/junk.jpg", "x")])
     folder = tmp_path / "models"
     folder.mkdir()
-    calls = []
+    reporter = Recorder()
     with pytest.raises(ShituError, match="is a folder"):
-        quantize_model(model, folder, [GalleryItem(junk, "x/junk.jpg", "x")], quiet=True, warn=calls.append)
-    assert calls == [] and list(folder.iterdir()) == [] and not list(tmp_path.glob(".models*"))
+        quantize_model(model, folder, [GalleryItem(junk, "x/junk.jpg", "x")], reporter=reporter)
+    assert reporter.warnings == [] and list(folder.iterdir()) == [] and not list(tmp_path.glob(".models*"))

@@ -25,7 +25,7 @@ def test_a_fixed_view_depends_only_on_its_key():
 def test_teacher_runs_once_per_image_and_view(tmp_path):
     config = TrainConfig(data=str(DEMO), batch_classes=4, batch_per_class=3, resolutions=[[0, 48]],
                          teacher="efficientnet_lite0", teacher_views=2, ema_decay=0.0).validate()
-    trainer = Trainer(config, tmp_path / "run", device="cpu", quiet=True)
+    trainer = Trainer(config, tmp_path / "run", device="cpu")
     seen = []
     trainer.teacher.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
     images = trainer.cache(trainer.items, 60, "train")

@@ -73,7 +73,7 @@ def test_train_resume_export_and_improve(tmp_path):
     from shitu.train.loop import Trainer
 
     untrained = tmp_path / "untrained.onnx"  # the same seed's initialisation, before any step
-    fresh = Trainer(load_config(config, {"data": str(DEMO), "epochs": 1}), tmp_path / "fresh", quiet=True)
+    fresh = Trainer(load_config(config, {"data": str(DEMO), "epochs": 1}), tmp_path / "fresh")
     fresh.eval_model(64)  # the untrained network at its best: batch norm calibrated like the trained one
     fresh.save(fresh.checkpoint(-1, {}), "init.pt")
     export_onnx(tmp_path / "fresh" / "init.pt", untrained, input_size=64)

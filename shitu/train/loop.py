@@ -18,7 +18,7 @@ from shitu.errors import ShituError
 from shitu.metrics import recall_at_1_of_vectors
 from shitu.nn.heads import ArcMarginHead
 from shitu.nn.losses import cosine_distillation, relational_distillation, triplet_angular_margin
-from shitu.progress import Progress
+from shitu.progress import SILENT, Reporter
 from shitu.train.augment import augment, fixed_views
 from shitu.train.batchnorm import CALIBRATION_IMAGES, calibration_batches, recalibrate_batch_norm
 from shitu.train.checkpoint import build_model, load_teacher, read_checkpoint, save_checkpoint
@@ -97,10 +97,12 @@ class Trainer:
     when the run has a distillation validation list).
     """
 
-    def __init__(self, config: TrainConfig, run_dir: Path, device: str | None = None, quiet: bool = False):
+    def __init__(self, config: TrainConfig, run_dir: Path, device: str | None = None,
+                 reporter: Reporter = SILENT):
         self.world, self.device = join(device)
         check_batch(config.batch_classes, self.world)
-        self.config, self.run_dir, self.quiet = config, Path(run_dir), quiet or not self.world.main
+        self.config, self.run_dir = config, Path(run_dir)
+        self.reporter = reporter if self.world.main else SILENT  # one progress bar per run, not per rank
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
@@ -204,7 +206,7 @@ class Trainer:
     def cache(self, items, side: int, key: str) -> torch.Tensor:
         """Decoded images at ``side`` px, computed once per (set, side)."""
         if (key, side) not in self.caches:
-            with Progress(len(items), f"decoding {key} images at {side}px", self.quiet) as bar:
+            with self.reporter.progress(len(items), f"decoding {key} images at {side}px") as bar:
                 array = decode_all(items, side, max(1, torch.get_num_threads()), bar.advance)
             self.caches[(key, side)] = torch.from_numpy(array)
         return self.caches[(key, side)]
@@ -307,7 +309,7 @@ class Trainer:
         # Seeded from (seed, epoch, rank): resuming needs no generator state, and ranks differ.
         self.generator.manual_seed(c.seed * 1_000_003 + epoch * 1_009 + self.world.rank)
         sums, started = {}, time.time()
-        with Progress(steps, f"epoch {epoch + 1}/{c.epochs} at {size}px", self.quiet) as bar:
+        with self.reporter.progress(steps, f"epoch {epoch + 1}/{c.epochs} at {size}px") as bar:
             for step, batch in enumerate(self.sampler.epoch(epoch)):
                 global_step = epoch * steps + step
                 lr = learning_rate(c, global_step, total, c.warmup_epochs * steps)
