@@ -30,8 +30,14 @@ def calibration_of(manifest: dict) -> dict | None:
     return record
 
 
-def calibrated_threshold(manifest: dict) -> float | None:
-    record = calibration_of(manifest)
+def stored_calibration(directory: str | Path) -> dict | None:
+    """The calibration record of the index in ``directory``, read on its own (one small query)."""
+    return calibration_of({MANIFEST_KEY: manifest_value(directory, MANIFEST_KEY)})
+
+
+def calibrated_threshold(directory: str | Path) -> float | None:
+    """The calibrated threshold of the index in ``directory``, or None (answer every query)."""
+    record = stored_calibration(directory)
     return None if record is None else float(record["value"])
 
 
@@ -70,7 +76,7 @@ def store_calibration(directory: str | Path, record: dict):
 
 def calibration_info(directory: str | Path) -> dict:
     """``threshold`` (the value or None) and ``calibration`` (the whole record) for ``shitu info``."""
-    record = calibration_of({MANIFEST_KEY: manifest_value(directory, MANIFEST_KEY)})
+    record = stored_calibration(directory)
     return {"threshold": None if record is None else record["value"], "calibration": record}
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Sequence, Union
 
 from shitu.errors import ShituError
 from shitu.imageio import is_image_name
-from shitu.progress import SILENT, Reporter
+from shitu.progress import SILENT, Reporter, printable
 
 Warn = Callable[[str], None]
 
@@ -31,7 +31,7 @@ def normalise_label(label: str) -> str:
 
 def shown(text: str | Path) -> str:
     """A file name as printable UTF-8: bytes that are not UTF-8 (kept by Python as surrogates) as \\xNN."""
-    return os.fsencode(str(text)).decode("utf-8", "backslashreplace")
+    return printable(str(text))
 
 
 def unstorable(text: str) -> bool:

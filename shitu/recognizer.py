@@ -14,7 +14,7 @@ from shitu.errors import ShituError
 from shitu.gallery import GalleryItem, normalise_label
 from shitu.metrics import evaluate, needed_depth, parse_metric
 from shitu.progress import SILENT, Reporter
-from shitu.store import Snapshot, manifest_value, model_for_index, read_snapshot
+from shitu.store import Snapshot, model_for_index, read_snapshot
 
 SHOWN_LABELS = 5  # labels named in a warning; the count says how many there are
 
@@ -77,7 +77,7 @@ class Recognizer:
 
         Read afresh each time (one small query): calibrating changes no vectors, so it starts no new
         snapshot, yet a long-lived recognizer should use the new threshold at once."""
-        return calibrated_threshold({"threshold": manifest_value(self.directory, "threshold")})
+        return calibrated_threshold(self.directory)
 
     def query(self, images: list[str | Path], topk: int = 5, threshold: float | None = None) -> list[Answer]:
         """Answer each image; unreadable ones get an ``error`` and no results.
