@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shitu.embed import Embedder
+from shitu.embed import Embedder, ModelInfo
 from shitu.errors import BadImage, ShituError
 from shitu.gallery import GalleryItem
 from shitu.imageio import open_image_file
@@ -60,7 +60,7 @@ class Previous:
     calibration: dict | None = None  # a calibrated threshold, kept when the model stays the same
 
 
-def previous_index(directory: Path, embedder: Embedder) -> Previous:
+def previous_index(directory: Path, model: ModelInfo) -> Previous:
     """Read the index being replaced; a missing or unreadable one gives nothing to take over."""
     try:
         store = IndexStore.open(directory)
@@ -69,7 +69,7 @@ def previous_index(directory: Path, embedder: Embedder) -> Previous:
     try:
         previous = Previous(next_id=int(store.manifest.get("next_id", 1)),
                             faiss_file=store.manifest.get("faiss_file"))
-        store.require_model(embedder.info)
+        store.require_model(model)
         previous.calibration = store.manifest.get("threshold")
         ids, vectors = store.all_vectors()
         by_id = dict(zip(ids.tolist(), vectors))
@@ -94,7 +94,7 @@ def build_index(items: list[GalleryItem], directory: str | Path, embedder: Embed
     directory = Path(directory)
     report = BuildReport()
     with write_lock(directory):
-        previous = previous_index(directory, embedder)
+        previous = previous_index(directory, embedder.info)
         reusable = previous.reusable
         hashes = hash_items(items, reporter)
         keep, todo = [], []
@@ -113,8 +113,28 @@ def build_index(items: list[GalleryItem], directory: str | Path, embedder: Embed
                              f"the index was not changed")
         report.images, report.labels = len(rows), len({r["label"] for r in rows})
         report.index_type = resolve_index_type(index_type, len(rows))
-        write_snapshot(directory, rows, embedder, report.index_type, gallery_root, previous)
+        write_snapshot(directory, rows, embedder.info, embedder.path, report.index_type, gallery_root, previous)
     return report
+
+
+def build_from_vectors(items: list[GalleryItem], vectors: np.ndarray, directory: str | Path, model: ModelInfo,
+                       model_path: Path, index_type: str = "auto", gallery_root: str = "") -> BuildReport:
+    """A fresh index of ``vectors`` (one unit vector per item, made elsewhere) under ``model``'s name."""
+    directory = Path(directory)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.shape != (len(items), model.embedding_size) or not len(items):
+        raise ShituError(f"need one {model.embedding_size}-d vector per item, got {vectors.shape} for "
+                         f"{len(items)} items")
+    norms = np.linalg.norm(vectors, axis=1)
+    if not (np.isfinite(norms).all() and (abs(norms - 1) <= 1e-3).all()):
+        raise ShituError("the vectors must be finite and of unit length, as the model makes them")
+    with write_lock(directory):
+        previous = previous_index(directory, model)
+        rows = [{"id": previous.next_id + n, "path": item.relpath, "label": item.label, "sha256": "",
+                 "vector": vector} for n, (item, vector) in enumerate(zip(items, vectors))]
+        factory = resolve_index_type(index_type, len(rows))
+        write_snapshot(directory, rows, model, model_path, factory, gallery_root, previous)
+    return BuildReport(images=len(rows), embedded=0, labels=len({r["label"] for r in rows}), index_type=factory)
 
 
 def hash_items(items: list[GalleryItem], reporter: Reporter) -> list[str | None]:
@@ -152,7 +172,7 @@ def assign_ids(items, hashes, keep, fresh, next_id: int) -> list[dict]:
                   key=lambda r: r["id"])
 
 
-def write_snapshot(directory: Path, rows: list[dict], embedder: Embedder, factory: str,
+def write_snapshot(directory: Path, rows: list[dict], model: ModelInfo, model_path: Path, factory: str,
                    gallery_root: str, previous: Previous):
     """Write FAISS file, then a complete new database, then swap the database in (the commit).
 
@@ -161,9 +181,9 @@ def write_snapshot(directory: Path, rows: list[dict], embedder: Embedder, factor
     generation = highest_generation(directory) + 1
     ids = np.array([r["id"] for r in rows], dtype=np.int64)
     vectors = np.stack([r["vector"] for r in rows]).astype(np.float32)
-    index = make_faiss_index(factory, embedder.info.embedding_size, vectors, ids)
+    index = make_faiss_index(factory, model.embedding_size, vectors, ids)
     faiss_name = write_faiss_file(directory, index, generation)
-    entries = manifest(embedder, factory, gallery_root, faiss_name, generation, rows, previous.next_id)
+    entries = manifest(model, model_path, factory, gallery_root, faiss_name, generation, rows, previous.next_id)
     if previous.calibration is not None:
         entries["threshold"] = previous.calibration
     try:
@@ -200,13 +220,12 @@ def write_database(directory: Path, rows: list[dict], entries: dict) -> Path:
     return tmp_db
 
 
-def manifest(embedder: Embedder, factory: str, gallery_root: str, faiss_name: str, generation: int,
+def manifest(info: ModelInfo, model_path: Path, factory: str, gallery_root: str, faiss_name: str, generation: int,
              rows: list[dict], next_id: int) -> dict:
     """Everything a reader must check before trusting this index."""
-    info = embedder.info
     return {
         "format_version": FORMAT_VERSION, "model_name": info.name, "model_version": info.version,
-        "model_sha256": info.sha256, "model_path": str(embedder.path.resolve()),
+        "model_sha256": info.sha256, "model_path": str(Path(model_path).resolve()),
         "embedding_size": info.embedding_size, "input_size": info.input_size,
         "mean": list(info.mean), "std": list(info.std), "index_type": factory, "metric": "inner_product",
         "faiss_file": faiss_name, "generation": generation, "count": len(rows),

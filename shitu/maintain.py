@@ -23,11 +23,11 @@ import numpy as np
 
 from shitu.build import embed_items, hash_items, highest_generation
 from shitu.embed import Embedder, ModelInfo
-from shitu.errors import ShituError
-from shitu.gallery import GalleryItem, iter_images
+from shitu.errors import ShituError, UsageError
+from shitu.gallery import GalleryItem, iter_images, normalise_label
 from shitu.progress import SILENT, Reporter
 from shitu.store import (DB_NAME, IndexStore, add_vectors, committed_generation, discard, faiss_module,
-                         load_matching_faiss, now, remove_stale_faiss, vector_blob, write_faiss_file, write_lock)
+                         load_matching_faiss, now, remove_stale_faiss, show, vector_blob, write_faiss_file, write_lock)
 
 
 
@@ -116,8 +116,7 @@ def add_images(paths: list[str | Path], directory: str | Path, embedder: Embedde
 
     Ids of untouched rows never change; new and replaced images get ids above every id ever used.
     """
-    if label is not None and not label.strip():
-        raise ShituError("--label must not be empty")
+    check_add_request(paths, label)
     report = AddReport()
     with writing(Path(directory), embedder.info) as store:
         items = collect_items([Path(p) for p in paths], gallery_root(store), label, reporter.warn)
@@ -142,6 +141,14 @@ def add_images(paths: list[str | Path], directory: str | Path, embedder: Embedde
         report.count, report.labels = store.manifest["count"], store.manifest["labels"]
         report.index_type = store.manifest["index_type"]
     return report
+
+
+def check_add_request(paths: list[str | Path], label: str | None):
+    """What ``add`` refuses before it loads a model or takes the lock."""
+    if label is not None and not label.strip():
+        raise ShituError("--label must not be empty")
+    if label is None and any(Path(path).is_file() for path in paths):
+        raise UsageError("image files need --label (folders take labels from their label folders)")
 
 
 def collect_items(paths: list[Path], root: Path, label: str | None, warn=None) -> list[GalleryItem]:
@@ -218,12 +225,18 @@ def next_free_id(store: IndexStore) -> int:
 
 
 # -- remove ------------------------------------------------------------------------------------------
-def remove_images(directory: str | Path, labels: list[str] = (), paths: list[str] = ()) -> RemoveReport:
-    """Remove rows by label and by path; every selector must match something, or nothing changes."""
-    if not labels and not paths:
-        raise ShituError("say what to remove with --label or --path")
+def remove_images(directory: str | Path, labels: list[str] = (), paths: list[str] = (),
+                  ids: list[int] = ()) -> RemoveReport:
+    """Remove rows by label, by path and by id; every selector must match something, or nothing changes."""
+    if not labels and not paths and not ids:
+        raise UsageError("say what to remove with --label or --path")
     with writing(Path(directory)) as store:
-        ids, unmatched = select_ids(store, labels, paths)
+        unknown = sorted(set(map(int, ids)) - set(store.rows(ids)))
+        if unknown:
+            raise ShituError(f"index {store.directory} holds no images with ids {show(unknown)}; the index "
+                             f"was not changed")
+        selected, unmatched = select_ids(store, [normalise_label(label) for label in labels], paths)
+        ids = selected | set(map(int, ids))
         if unmatched:
             raise ShituError(f"nothing in index {store.directory} matches {', '.join(unmatched)}; "
                              f"the index was not changed")

@@ -20,7 +20,7 @@ from shitu.errors import BadImage, ShituError
 from shitu.imageio import load_rgb
 from shitu.openset import point_json
 from shitu.scoring import Evaluation, ScoredQuery
-from shitu.store import Row, read_snapshot
+from shitu.store import Row
 
 THUMB_SIDE = 112
 CONFUSIONS = 20
@@ -139,17 +139,22 @@ def gallery_path(root: str, relpath: str) -> Path:
     return Path(root) / relpath
 
 
-def write_report(out: Path, evaluation: Evaluation, recognizer, title: str = "shitu evaluation") -> Path:
-    """Write the HTML report for ``evaluation`` (searched with ``recognizer``) to ``out``."""
-    out = Path(out)
+def require_file_name(out: Path) -> Path:
+    """Where the report goes: a file, not a folder (checked before any photo is embedded)."""
     if out.is_dir():
         raise ShituError(f"--report {out} is a folder: give a file name such as report.html")
-    snapshot = read_snapshot(recognizer.directory, recognizer.embedder.info, with_vectors=True)
+    return out
+
+
+def write_report(out: Path, evaluation: Evaluation, index, title: str = "shitu evaluation") -> Path:
+    """Write the HTML report for ``evaluation`` (searched with ``index``, a ``shitu.index.Index``) to ``out``."""
+    out = require_file_name(Path(out))
+    snapshot = index.read(checked=True, with_vectors=True)
     order = {row_id: n for n, row_id in enumerate(snapshot.ids.tolist())}
     rows = [snapshot.rows[row_id] for row_id in sorted(order, key=order.get)]
     root, thumbs = snapshot.manifest.get("gallery_root", ""), Thumbnails()
     recalls = recall_at_k(evaluation.known)
-    parts = [*header(title, recognizer.directory, snapshot.manifest, rows, evaluation),
+    parts = [*header(title, index.directory, snapshot.manifest, rows, evaluation),
              *metrics_section(evaluation, recalls), *open_set_section(evaluation),
              *plots_section(evaluation, recalls),
              "<h2>Recall@1 per label, worst first</h2>",
