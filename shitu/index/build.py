@@ -65,16 +65,17 @@ def previous_index(session: Session, model: ModelInfo) -> Previous:
     if old is None:
         return Previous()
     previous = Previous(next_id=old.next_id)
+    if not old.built_by(model):
+        return previous  # another model: its vectors cannot be reused, its ids are still taken
+    previous.calibration = old.threshold
     try:
-        old.require_model(model, Path())
-        previous.calibration = old.threshold
         ids, vectors = session.all_vectors()
         by_id = dict(zip(ids.tolist(), vectors))
         previous.reusable = {row.path: Row(row.id, row.path, row.label, row.sha256, by_id[row.id])
                              for row in session.all_rows()}
         previous.next_id = next_id_after(previous.next_id, by_id)
     except (ShituError, KeyError, ValueError):
-        pass  # another model, or damaged rows: re-embed everything
+        pass  # damaged rows: re-embed everything
     return previous
 
 

@@ -99,9 +99,12 @@ class Manifest:
         if self.metric != METRIC:
             raise damaged(directory, f"entry 'metric' is {self.metric!r}; shitu searches by {METRIC} only")
 
+    def built_by(self, model: ModelInfo) -> bool:
+        return self.model_sha256 == model.sha256 and self.embedding_size == model.embedding_size
+
     def require_model(self, model: ModelInfo, directory: Path):
         """Refuse a model other than the one that built the index: its vectors would not compare."""
-        if self.model_sha256 != model.sha256 or self.embedding_size != model.embedding_size:
+        if not self.built_by(model):
             raise ShituError(
                 f"index {directory} was built with model {self.model_name} {self.model_version} "
                 f"(sha256 {self.model_sha256[:12]}, {self.embedding_size}-d), not with {model.describe()}; "
