@@ -41,6 +41,16 @@ def cosine_distillation(projected: torch.Tensor, teacher: torch.Tensor) -> torch
     return (1.0 - F.cosine_similarity(projected, teacher, dim=1)).mean()
 
 
+def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) over the teacher's classes, scaled by T^2 so gradients keep their size.
+
+    The teacher's ImageNet class distribution names what a photo shows, so matching it teaches
+    category-level features; matching raw pooled features spends most of the signal on a few directions.
+    """
+    target = F.softmax(teacher / temperature, dim=1)
+    return F.kl_div(F.log_softmax(student / temperature, dim=1), target, reduction="batchmean") * temperature ** 2
+
+
 def relational_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Match the batch's pairwise cosine similarities (no projection needed)."""
     s, t = F.normalize(student), F.normalize(teacher)

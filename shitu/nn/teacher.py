@@ -35,9 +35,10 @@ class LiteFeatures(nn.Module):
 
     out_channels = 1280
 
-    def __init__(self, name: str, frozen_blocks: int = 0):
+    def __init__(self, name: str, frozen_blocks: int = 0, logits: bool = False):
         super().__init__()
         self.network = load_efficientnet_lite(name)
+        self.logits = logits
         if not 0 <= frozen_blocks <= len(self.network._blocks):
             raise ShituError(f"frozen_blocks must be in [0, {len(self.network._blocks)}] for {name}")
         stem = [self.network._conv_stem, self.network._bn0] if frozen_blocks else []
@@ -55,7 +56,8 @@ class LiteFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         unit = images * self.std + self.mean
-        return self.network.extract_features(unit * 2.0 - 1.0).mean(dim=(2, 3))
+        pooled = self.network.extract_features(unit * 2.0 - 1.0).mean(dim=(2, 3))
+        return self.network._fc(pooled) if self.logits else pooled
 
 
 class LiteEmbeddingNet(nn.Module):
@@ -76,15 +78,21 @@ class LiteEmbeddingNet(nn.Module):
 
 class Teacher(nn.Module):
     """A frozen teacher in eval mode: an ImageNet EfficientNet-Lite by name (its 1280-d pooled
-    features), or a fine-tuned ``LiteEmbeddingNet`` (its embedding; ``shitu.train.checkpoint.load_teacher``
-    reads one from a checkpoint)."""
+    features, or with ``logits`` its 1000 ImageNet class logits), or a fine-tuned ``LiteEmbeddingNet``
+    (its embedding; ``shitu.train.checkpoint.load_teacher`` reads one from a checkpoint)."""
 
-    def __init__(self, source: "str | LiteEmbeddingNet"):
+    IMAGENET_CLASSES = 1000
+
+    def __init__(self, source: "str | LiteEmbeddingNet", logits: bool = False):
         super().__init__()
         if isinstance(source, nn.Module):
+            if logits:
+                raise ShituError("distill_kind = logits needs an ImageNet teacher (efficientnet_lite0 or "
+                                 "_lite2): a fine-tuned teacher has no class logits")
             self.network, self.feature_size = source, source.embedding_size
         else:
-            self.network, self.feature_size = LiteFeatures(source), LiteFeatures.out_channels
+            self.network = LiteFeatures(source, logits=logits)
+            self.feature_size = self.IMAGENET_CLASSES if logits else LiteFeatures.out_channels
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
         self.network.eval()

@@ -70,12 +70,13 @@ def load_checkpoint_model(checkpoint: Path) -> tuple[nn.Module, TrainConfig, int
     return network_of(read_checkpoint(checkpoint), checkpoint)
 
 
-def load_teacher(source: str) -> nn.Module:
-    """A frozen teacher: an ImageNet EfficientNet-Lite by name, or a fine-tuned one's checkpoint (.pt)."""
+def load_teacher(source: str, logits: bool = False) -> nn.Module:
+    """A frozen teacher: an ImageNet EfficientNet-Lite by name (its class logits with ``logits``), or a
+    fine-tuned one's checkpoint (.pt)."""
     from shitu.nn.teacher import TEACHERS, Teacher
 
     if source in TEACHERS:
-        return Teacher(source)
+        return Teacher(source, logits)
     if not source.endswith(".pt"):
         raise ShituError(f"unknown teacher {source!r}: name one of {', '.join(TEACHERS)} "
                          "or a checkpoint (.pt) of a run with backbone = efficientnet_lite0 or _lite2")
@@ -83,4 +84,4 @@ def load_teacher(source: str) -> nn.Module:
     if config.backbone not in TEACHERS:
         raise ShituError(f"teacher checkpoint {source} is a {config.backbone} run; a teacher must be "
                          f"one of {', '.join(TEACHERS)} (train it with --backbone)")
-    return Teacher(model)
+    return Teacher(model, logits)

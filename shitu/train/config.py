@@ -13,6 +13,7 @@ from shitu.errors import ShituError
 
 BACKBONES = ("pplcnet", "efficientnet_lite0", "efficientnet_lite2")
 MIX_KINDS = ("off", "mixup", "cutmix", "both")
+DISTILL_KINDS = ("cosine", "relational", "logits")
 
 
 @dataclass
@@ -43,7 +44,8 @@ class TrainConfig:
     triplet_margin: float = 0.5
     teacher: str = "efficientnet_lite0"
     distill_weight: float = 2.0
-    distill_kind: str = "cosine"
+    distill_kind: str = "cosine"  # cosine or relational on features; logits: KL on ImageNet classes
+    distill_temperature: float = 1.0  # softens both distributions for distill_kind = logits
     teacher_views: int = 0  # > 0: this many fixed augmented views per image, teacher features cached
     distill_data: str = ""  # root of photos used only under the teacher (no product labels needed)
     distill_lists: list[str] = field(default_factory=list)  # list files below distill_data; none: walk it
@@ -89,7 +91,8 @@ class TrainConfig:
              "frozen_blocks needs an efficientnet backbone"),
             (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
             (self.amp in ("auto", "off", "fp16", "bf16"), "amp must be auto, off, fp16 or bf16"),
-            (self.distill_kind in ("cosine", "relational"), "distill_kind must be cosine or relational"),
+            (self.distill_kind in DISTILL_KINDS, f"distill_kind must be one of {', '.join(DISTILL_KINDS)}"),
+            (self.distill_temperature > 0, "distill_temperature must be > 0"),
             (self.distill_batch >= 0, "distill_batch must be >= 0"),
             (not (self.distill_batch or self.distill_val_list) or bool(self.distill_data),
              "distill_batch and distill_val_list need distill_data (the folder of distillation photos)"),

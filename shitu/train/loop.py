@@ -17,7 +17,8 @@ from torch import nn
 from shitu.errors import ShituError
 from shitu.metrics import recall_at_1_of_vectors
 from shitu.nn.heads import ArcMarginHead
-from shitu.nn.losses import cosine_distillation, relational_distillation, triplet_angular_margin
+from shitu.nn.losses import cosine_distillation, logit_distillation, relational_distillation, \
+    triplet_angular_margin
 from shitu.progress import SILENT, Reporter
 from shitu.train.augment import augment, fixed_views
 from shitu.train.batchnorm import CALIBRATION_IMAGES, calibration_batches, recalibrate_batch_norm
@@ -121,7 +122,7 @@ class Trainer:
                                   config.arc_scale, config.arc_margin).to(self.device)
         self.teacher, self.projection = None, None
         if config.teacher and config.distill_weight > 0:
-            self.teacher = load_teacher(config.teacher).to(self.device, memory_format=torch.channels_last)
+            self.teacher = load_teacher(config.teacher, config.distill_kind == "logits").to(self.device, memory_format=torch.channels_last)
             self.projection = nn.Linear(config.embedding_size, self.teacher.feature_size).to(self.device)
         self.caches = {}
         self.teacher_cache = {}  # size -> (features [images, views, dim], filled [images, views])
@@ -232,6 +233,8 @@ class Trainer:
             if c.distill_kind == "cosine":
                 parts["distill"] = cosine_distillation(projected - projected.mean(0), target - target.mean(0)) \
                     * c.distill_weight
+            elif c.distill_kind == "logits":
+                parts["distill"] = logit_distillation(projected, target, c.distill_temperature) * c.distill_weight
             else:
                 parts["distill"] = relational_distillation(embeddings, target) * c.distill_weight
         return parts

@@ -1,7 +1,7 @@
 """Starting a run from another run's weights or from an exported ONNX model.
 
 The network's weights come from the source; a classification head only from a checkpoint with the same
-labels, a distillation projection only from a checkpoint with the same teacher. What is missing is
+labels, a distillation projection only from a checkpoint with the same teacher and distillation kind. What is missing is
 fitted to the loaded network, so a fine-tune starts from it instead of fighting random layers:
 the head's rows are each class's mean embedding ("imprinting"), the projection is the ridge regression
 from centred embeddings to centred teacher features.
@@ -61,7 +61,8 @@ def start_from(source: str, parts: StudentParts, config: TrainConfig):
     if same_labels:
         parts.head.load_state_dict(state["head"])
     has_projection = (parts.projection is not None and state.get("projection") is not None
-                      and state["config"].get("teacher") == config.teacher)
+                      and state["config"].get("teacher") == config.teacher
+                      and state["config"].get("distill_kind", "cosine") == config.distill_kind)
     if has_projection:
         parts.projection.load_state_dict(state["projection"])
     fit_missing_parts(parts, head=not same_labels, projection=not has_projection)
