@@ -29,7 +29,7 @@ import numpy as np
 import sqlite_utils
 
 from shitu.embed import ModelInfo, default_model_path, resolve_model
-from shitu.errors import ShituError
+from shitu.errors import IndexBusy, ShituError
 
 FORMAT_VERSION = 1
 DB_NAME = "gallery.db"
@@ -486,7 +486,7 @@ def write_lock(directory: Path):
     make_index_folder(directory)
     fd = try_lock(directory)
     if fd is None:
-        raise ShituError(f"another shitu process is changing the index at {directory}; "
+        raise IndexBusy(f"another shitu process is changing the index at {directory}; "
                          f"try again when it has finished")
     try:
         require_writable(directory)
