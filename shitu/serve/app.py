@@ -75,7 +75,7 @@ def create_app(service: Service) -> FastAPI:
         """Remove one image from the index (its file stays in the gallery, as with ``shitu remove``)."""
         return service.remove_image(image_id)
 
-    @app.delete("/v1/labels/{label}", tags=["write"], dependencies=[Depends(authorised)])
+    @app.delete("/v1/labels/{label:path}", tags=["write"], dependencies=[Depends(authorised)])
     def remove_label(label: str):
         """Remove every image of a label from the index."""
         return service.remove_label(label)
