@@ -54,7 +54,8 @@ def create_app(service: Service) -> FastAPI:
         return service.labels()
 
     @app.get("/v1/images", tags=["read"])
-    def images(label: Optional[str] = None, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)):
+    def images(label: Optional[str] = None, offset: int = Query(0, ge=0),
+               limit: int = Query(100, ge=1, le=1000)):
         """Gallery rows in id order, of one label or all."""
         return service.images(label, offset, limit)
 
@@ -66,7 +67,8 @@ def create_app(service: Service) -> FastAPI:
                         headers={"Cache-Control": "private, max-age=86400"})
 
     @app.post("/v1/images", tags=["write"], dependencies=[Depends(authorised)])
-    def add(images: list[UploadFile] = UPLOADS, label: str = Form(..., description="The label to add them to.")):
+    def add(images: list[UploadFile] = UPLOADS,
+            label: Optional[str] = Form(None, description="The label to add them to.")):
         """Store the photos in the gallery under ``label`` and add them to the index."""
         return service.add(read_photos(images), label)
 

@@ -21,19 +21,26 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self.refuse(send)
         received = 0
-        started = False
+        over = started = False
 
         async def counted():
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
+                    over = True
                     raise TooLarge
             return message
 
         async def tracked(message):
+            # the form parser turns any error while reading into its own 400: answer 413 instead
             nonlocal started
+            if over:
+                if not started:
+                    started = True
+                    await self.refuse(send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
