@@ -258,7 +258,10 @@ function wire() {
   $("topk").addEventListener("change", () => { if (state.file) recognise(state.file); });
   $("add-query-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    busy($("add-query-button"), () => addPhotos([state.file], $("add-query-label").value));
+    busy($("add-query-button"), async () => {
+      await addPhotos([state.file], $("add-query-label").value);
+      $("add-query-label").value = "";
+    });
   });
   $("label-filter").addEventListener("input", drawLabelList);
   $("more-photos").addEventListener("click", () => busy($("more-photos"), morePhotos));
