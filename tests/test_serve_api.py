@@ -3,12 +3,15 @@ of the synthetic product photos built with the shipped model."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,6 @@ from shitu.index import Index  # noqa: E402
 from shitu.serve.app import create_app  # noqa: E402
 from shitu.serve.server import is_loopback  # noqa: E402
 from shitu.serve.service import Service  # noqa: E402
-from shitu.store import write_lock  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 DEMO = REPO / "tests" / "synthetic" / "demo"
@@ -81,6 +83,17 @@ def writable(tmp_path, embedder):
     """A fresh index, gallery and client per test that writes."""
     directory = build(tmp_path, embedder)
     return directory, tmp_path / "gallery", client_for(directory, embedder)
+
+
+@contextmanager
+def another_writer(directory: Path):
+    """Hold the index's writer lock as another process would: flock on the index folder."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def files_below(folder: Path) -> set[str]:
@@ -352,7 +365,7 @@ def test_a_failed_add_leaves_no_files_behind(writable):
     """Another process holds the writer lock: 409, and the photo written for the add is gone again."""
     directory, gallery, client = writable
     before = files_below(gallery.parent)
-    with write_lock(directory):
+    with another_writer(directory):
         response = client.post("/v1/images", files=upload(NEWCOMER), data={"label": "Fresh Cola"}, headers=AUTH)
         assert_error(response, 409, "another shitu process")
         assert_error(client.delete("/v1/labels/Tomato Soup", headers=AUTH), 409)
@@ -364,7 +377,7 @@ def test_a_failed_add_keeps_a_photo_that_was_already_there(writable):
     directory, gallery, client = writable
     first = client.post("/v1/images", files=upload(NEWCOMER), data={"label": "Fresh Cola"}, headers=AUTH).json()
     stored = gallery / first["images"][0]["path"]
-    with write_lock(directory):
+    with another_writer(directory):
         response = client.post("/v1/images", files=upload(NEWCOMER), data={"label": "Fresh Cola"}, headers=AUTH)
     assert response.status_code == 409 and stored.is_file()
     assert Index(directory).check().ok
