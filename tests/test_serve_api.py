@@ -383,6 +383,23 @@ def test_a_failed_add_keeps_a_photo_that_was_already_there(writable):
     assert Index(directory).check().ok
 
 
+def test_a_gallery_that_cannot_take_the_photo(writable):
+    """A file where the label folder should be: a plain 500 message, and the index is as it was."""
+    directory, gallery, client = writable
+    (gallery / "Fresh Cola").write_text("in the way")
+    response = client.post("/v1/images", files=upload(NEWCOMER), data={"label": "Fresh Cola"}, headers=AUTH)
+    assert_error(response, 500, "cannot store the photos", "not changed")
+    assert client.get("/v1/labels").json() == {"Café Crema": 3, "Tomato Soup": 3}
+
+
+def test_a_gallery_that_is_gone(writable):
+    directory, gallery, client = writable
+    shutil.rmtree(gallery)
+    response = client.post("/v1/images", files=upload(NEWCOMER), data={"label": "Fresh Cola"}, headers=AUTH)
+    assert_error(response, 400, "is gone")
+    assert not gallery.exists()
+
+
 def test_remove_an_image(writable):
     directory, gallery, client = writable
     rows = client.get("/v1/images", params={"label": "Tomato Soup"}).json()

@@ -82,7 +82,7 @@ class Service:
         with self.writing:
             stored = StoredPhotos(self.gallery_root() / name)
             try:
-                stored.write(photos, suffixes)
+                write_photos(stored, photos, suffixes)
                 report = self.index.add(stored.paths, name)
             except BaseException:
                 stored.undo(keep=self.indexed(stored.paths, name))
@@ -107,6 +107,9 @@ class Service:
         if not root:
             raise ShituError(f"index {self.index.directory} records no gallery folder to store photos in; "
                              f"rebuild it with 'shitu build-index GALLERY'")
+        if not Path(root).is_dir():
+            raise ShituError(f"the gallery folder {root} of index {self.index.directory} is gone; photos cannot "
+                             f"be stored in it")
         return Path(root)
 
     def index_rows(self, paths: list[Path], label: str) -> dict[Path, object]:
@@ -121,6 +124,15 @@ class Service:
             return set(self.index_rows(paths, label))
         except Exception:
             return set(paths)  # cannot tell: keep every file rather than risk a row without its photo
+
+
+def write_photos(stored: StoredPhotos, photos: list[Photo], suffixes: list[str]):
+    """A folder that cannot be written (permissions, a full disk) is the server's problem, told plainly."""
+    try:
+        stored.write(photos, suffixes)
+    except OSError as exc:
+        raise ApiError(500, f"cannot store the photos in the gallery folder {stored.folder}: "
+                            f"{exc.strerror or exc}; the index was not changed") from None
 
 
 def named_error(error: str, photo: Photo) -> str:
