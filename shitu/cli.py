@@ -228,7 +228,7 @@ def calibrate(
     quiet: bool = QUIET,
 ):
     """Choose a threshold on known and unknown photos and store it with the index; query then uses it."""
-    from shitu.calibration import describe
+    from shitu.index.calibration import describe
     from shitu.gallery import read_gallery
     from shitu.index import Index
     from shitu.scoring import read_unknowns
@@ -392,7 +392,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """Show what an index holds and which model built it."""
-    from shitu.calibration import describe
+    from shitu.index.calibration import describe
     from shitu.index import Index
 
     data = Index(index).info()

@@ -16,7 +16,7 @@ from shitu.embed import default_model_path
 from shitu.errors import ShituError
 from shitu.gallery import GalleryItem, read_gallery
 from shitu.index import Answer, Index
-from shitu.store import write_lock
+from shitu.index.files import write_lock
 from tests.conftest import REPO
 
 DEMO = REPO / "tests" / "synthetic" / "demo"

@@ -15,11 +15,19 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from shitu.embed import Embedder
+from shitu.embed import Embedder, default_model_path, resolve_model
 from shitu.errors import ShituError
 from shitu.gallery import GalleryItem, normalise_label
 from shitu.imageio import Upload
 from shitu.index.answers import Answer, Match, lone_queries_message, matches_of, ranked_labels
+from shitu.index.build import BuildReport, build_from_vectors, build_index
+from shitu.index.calibration import calibrated_threshold, calibration_record, store_calibration
+from shitu.index.check import CheckReport, check_index
+from shitu.index.edit import AddReport, RemoveReport, add_images, check_add_request, remove_images
+from shitu.index.folder import FolderStorage
+from shitu.index.info import index_info
+from shitu.index.snapshot import Snapshot
+from shitu.index.storage import Row, Storage
 from shitu.metrics import evaluate, needed_depth, parse_metric
 from shitu.progress import SILENT, Reporter
 
@@ -33,11 +41,10 @@ class Index:
                  reporter: Reporter = SILENT, threads: int | None = None, *, embedder: Embedder | None = None):
         """``embedder``: an Embedder already open (a bench building many indexes with one model); it
         then decides the model."""
-        from shitu.store import model_for_index
-
         self.directory = Path(directory)
+        self.storage: Storage = FolderStorage(self.directory)
         self.model_given = bool(model) or embedder is not None
-        self.model_path = embedder.path if embedder is not None else model_for_index(self.directory, model)
+        self.model_path = embedder.path if embedder is not None else model_for_index(self.storage, model)
         self.reporter, self.threads = reporter, threads
         self._embedder = embedder
         self.snapshot = None  # the snapshot the last read answered from
@@ -51,19 +58,17 @@ class Index:
             self._embedder = Embedder(self.model_path, self.threads)
         return self._embedder
 
-    def read(self, checked: bool = False, with_vectors: bool = False):
+    def read(self, checked: bool = False, with_vectors: bool = False) -> Snapshot:
         """The latest committed snapshot (read again only when a writer committed since); ``checked``:
         refused unless built by this index's model, as everything that embeds needs."""
-        from shitu.store import read_snapshot
-
         stale = self.snapshot is None or not self.snapshot.is_current() or (checked and not self._checked)
         if stale or with_vectors and self.snapshot.vectors is None:
             model = self.embedder.info if checked else None
-            self.snapshot = read_snapshot(self.directory, model, with_vectors=with_vectors)
+            self.snapshot = self.storage.read(model, with_vectors=with_vectors)
             self._checked = checked
         return self.snapshot
 
-    def refresh(self):
+    def refresh(self) -> Snapshot:
         """The current snapshot, checked against the model."""
         return self.read(checked=True)
 
@@ -75,64 +80,50 @@ class Index:
     def threshold(self) -> float | None:
         """The threshold ``shitu calibrate`` stored, or None; read afresh each time (one small query), as
         calibrating changes no vectors and so starts no new snapshot."""
-        from shitu.calibration import calibrated_threshold
-
-        return calibrated_threshold(self.directory)
+        return calibrated_threshold(self.storage)
 
     # -- writing -------------------------------------------------------------------------------------
-    def build(self, items: list[GalleryItem], index_type: str = "auto", gallery_root: str | Path | None = None):
+    def build(self, items: list[GalleryItem], index_type: str = "auto",
+              gallery_root: str | Path | None = None) -> BuildReport:
         """(Re)build the index from ``items``, reusing the vectors of unchanged files; ``gallery_root``
         (default: the folder the items' paths are relative to) is where ``add`` and ``image_file`` look."""
-        from shitu.build import build_index
-
         root = gallery_root if gallery_root is not None else common_root(items)
-        return build_index(items, self.directory, self.embedder, index_type,
+        return build_index(items, self.storage, self.embedder, index_type,
                            str(Path(root).resolve()) if root else "", self.reporter)
 
     def build_vectors(self, items: list[GalleryItem], vectors: np.ndarray, index_type: str = "auto",
-                      gallery_root: str = ""):
+                      gallery_root: str = "") -> BuildReport:
         """A fresh index of vectors made elsewhere (a synthetic bench gallery): nothing is embedded,
         the model only names whose vectors they are. Rows get new ids in the order of ``items``."""
-        from shitu.build import build_from_vectors
-
-        return build_from_vectors(items, vectors, self.directory, self.embedder.info, self.embedder.path,
+        return build_from_vectors(items, vectors, self.storage, self.embedder.info, self.embedder.path,
                                   index_type, gallery_root)
 
-    def add(self, paths: list[str | Path], label: str | None = None):
-        """Add new images and replace changed ones (``shitu add``); returns an ``AddReport``."""
-        from shitu.maintain import add_images, check_add_request
-
+    def add(self, paths: list[str | Path], label: str | None = None) -> AddReport:
+        """Add new images and replace changed ones (the rules of ``shitu add``)."""
         check_add_request(paths, label)  # before the model is loaded
-        return add_images(paths, self.directory, self.embedder, label, self.reporter)
+        return add_images(paths, self.storage, self.embedder, label, self.reporter)
 
-    def remove(self, labels: list[str] = (), paths: list[str] = (), ids: list[int] = ()):
+    def remove(self, labels: list[str] = (), paths: list[str] = (), ids: list[int] = ()) -> RemoveReport:
         """Remove images by label, by path and by row id; any selector that matches nothing changes
-        nothing. Returns a ``RemoveReport``."""
-        from shitu.maintain import remove_images
+        nothing."""
+        return remove_images(self.storage, list(labels), list(paths), [row_id(i) for i in ids])
 
-        return remove_images(self.directory, list(labels), list(paths), [row_id(i) for i in ids])
-
-    def check(self, repair: bool = False):
-        """Every way the index can be wrong; with ``repair``, fixed where the stored vectors allow."""
-        from shitu.check import check_index
-
-        return check_index(self.directory, self.model_path if self.model_given else None, repair)
+    def check(self, repair: bool = False) -> CheckReport:
+        """Every way the index can be wrong; with ``repair``, fixed where the stored vectors allow.
+        Without a model given, the index's own is compared with, or none when it is gone (noted)."""
+        model = self.model_path if self.model_given or self.model_path.is_file() else None
+        return check_index(self.storage, model, repair)
 
     # -- reading -------------------------------------------------------------------------------------
     def info(self) -> dict:
         """What ``shitu info --json`` prints: contents, model, files and calibration."""
-        from shitu.calibration import calibration_info
-        from shitu.check import index_info
-
-        data = index_info(self.directory)
-        data.update(calibration_info(self.directory))
-        return data
+        return index_info(self.storage)
 
     def labels(self) -> dict[str, int]:
         """Images per label, sorted by label."""
         return dict(sorted(Counter(row.label for row in self.read().rows.values()).items()))
 
-    def images(self, label: str | None = None, offset: int = 0, limit: int = 100) -> list:
+    def images(self, label: str | None = None, offset: int = 0, limit: int = 100) -> list[Row]:
         """Rows in id order, of one label or all; an unknown label has none."""
         offset, limit = count_argument("offset", offset), count_argument("limit", limit)
         wanted = None if label is None else normalise_label(label)
@@ -140,7 +131,7 @@ class Index:
         chosen = [rows[i] for i in sorted(rows) if wanted is None or rows[i].label == wanted]
         return chosen[offset:offset + limit]
 
-    def image(self, id: int):
+    def image(self, id: int) -> Row:
         """The row of one id."""
         row = self.read().rows.get(row_id(id))
         if row is None:
@@ -150,7 +141,7 @@ class Index:
     def image_file(self, id: int) -> Path:
         """The photo of a row on disk: its stored path under the gallery root."""
         row = self.image(id)
-        root = self.snapshot.manifest.get("gallery_root")
+        root = self.snapshot.manifest.gallery_root
         if not root:
             raise ShituError(f"index {self.directory} records no gallery folder; rebuild it with "
                              f"'shitu build-index GALLERY --index {self.directory}'")
@@ -250,12 +241,28 @@ class Index:
                   target_unknown_rejection: float | None = None) -> dict:
         """Choose a threshold on known and unknown photos and store it with the index, where every
         later query finds it; returns the stored record."""
-        from shitu.calibration import calibration_record, store_calibration
-
         evaluation = self.evaluate_open_set(queries, ["recall@1"], unknown, target_unknown_rejection)
         record = calibration_record(evaluation, target_unknown_rejection, self.snapshot.manifest)
-        store_calibration(self.directory, record)
+        store_calibration(self.storage, record)
         return record
+
+
+def model_for_index(storage: Storage, model: str | Path | None) -> Path:
+    """The model a command uses: ``model`` when given, else the file the index was built with if it is
+    still there, else the shipped model.
+
+    So an index built with the int8 or a custom model is queried with that model without ``--model``;
+    its sha256 is still checked against the manifest when the index opens.
+    """
+    if model:
+        return resolve_model(model)
+    try:
+        remembered = storage.manifest_value("model_path")
+    except ShituError:
+        remembered = None
+    if isinstance(remembered, str) and remembered and Path(remembered).is_file():
+        return Path(remembered)
+    return default_model_path()
 
 
 def common_root(items: list[GalleryItem]) -> Path | None:
