@@ -108,6 +108,7 @@ function drawLabelList() {
 async function recognise(file) {
   state.file = file;
   const preview = $("query-preview");
+  preview.onerror = () => { preview.hidden = true; };  // not a picture the browser can show either
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("drop").classList.add("has-photo");
@@ -124,7 +125,8 @@ async function recognise(file) {
   } catch (error) {
     state.answer = null;
     $("matches").replaceChildren();
-    showVerdict("unknown", "Could not recognise it", error.message, "");
+    $("add-query-form").hidden = true;
+    showVerdict("failed", "Could not read this photo", error.message, "Choose another photo: JPEG, PNG, WebP, GIF, BMP or TIFF.");
   }
 }
 
