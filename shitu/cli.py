@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from shitu.errors import ShituError, UsageError
-from shitu.progress import TerminalReporter, printable
+from shitu.progress import TerminalReporter, printable, printable_values
 
 app = typer.Typer(help="Recognise products in photos: PP-LCNet-2.5x embeddings, FAISS search, SQLite labels.",
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -59,17 +59,6 @@ def guarded(command):
 
 def print_json(data):
     sys.stdout.write(json.dumps(printable_values(data), ensure_ascii=False) + "\n")
-
-
-def printable_values(data):
-    """``data`` with every string made ``printable``, so the JSON is valid UTF-8."""
-    if isinstance(data, str):
-        return printable(data)
-    if isinstance(data, dict):
-        return {printable_values(key): printable_values(value) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [printable_values(value) for value in data]
-    return data
 
 
 def print_table(title: str, columns: list[str], rows: list[list]):
@@ -472,6 +461,28 @@ def shrink(
     typer.echo(f"wrote {report.shrunk + report.copied} images to {out} ({report.shrunk} shrunk, {report.copied} "
                f"copied unchanged, {len(report.bad)} unreadable skipped): {report.bytes_before / 1e6:.1f} MB "
                f"-> {report.bytes_after / 1e6:.1f} MB", err=True)
+
+
+# -- the HTTP service (issue #18) -------------------------------------------------------------------
+@app.command()
+@guarded
+def serve(
+    index: Path = INDEX,
+    model: Optional[Path] = MODEL,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback "
+                             "should have a token."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: any free one)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="SHITU_TOKEN", show_envvar=True,
+                                        help="Bearer token that adding and removing need (default: none)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", callback=finite, help="Largest request "
+                                        "body (all its photos together), in MB."),
+):
+    """Serve the index over HTTP: a JSON API (/v1, docs at /docs) and a web page at /."""
+    from shitu.serve.server import serve as run_server
+
+    if token is not None and not token.strip():
+        raise ShituError("the token is empty: give --token (or SHITU_TOKEN) a value, or leave it unset")
+    run_server(index, model, host, port, token, max_upload_mb, say=lambda line: typer.echo(line, err=True))
 
 
 # -- speed: int8 quantization (issue #4) -------------------------------------------------------------

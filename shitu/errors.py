@@ -12,3 +12,7 @@ class BadImage(ShituError):
 class UsageError(ShituError):
     """A call that says too little to act on (nothing to remove, a file without a label): the CLI shows
     its usage with the message and exits 2, as for a missing option."""
+
+
+class IndexBusy(ShituError):
+    """Another process holds the index's writer lock: try again later (the service answers 409)."""

@@ -55,6 +55,18 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def printable_values(data):
+    """``data`` with every string made ``printable``, so its JSON is valid UTF-8 (the CLI's ``--json`` and
+    the service's answers alike)."""
+    if isinstance(data, str):
+        return printable(data)
+    if isinstance(data, dict):
+        return {printable_values(key): printable_values(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [printable_values(value) for value in data]
+    return data
+
+
 class Bar(Steps):
     """Counts steps; on a terminal draws a bar with speed and ETA, otherwise prints one summary line."""
 

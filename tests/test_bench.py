@@ -125,3 +125,16 @@ def test_open_set(tmp_path):
     assert data["photos"] == {"gallery": 21, "known": 21, "held-out groceries": 9}
     assert row["known_right"] + row["known_wrong"] + row["known_rejected"] == pytest.approx(1)
     assert 0 <= row["unknown_rejected"] <= 1 and 0 < row["auc"] <= row["recall@1"] + 1e-9
+
+
+def test_serve_load(tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'shitu[serve]'")
+    stdout, data = bench("serve_load", tmp_path)
+    load, after = data["load"], data["after"]
+    # quick: 2 clients, 16 queries and a write after every 3 (adds, and removes of what they added)
+    assert (load["clients"], load["queries"], load["writes"]) == (2, 16, 5)
+    assert load["errors"] == 0 and load["adds_acknowledged"] >= 1 and load["removes_acknowledged"] >= 1
+    assert after["check_ok"] and after["lost"] == after["unexpected"] == after["changed"] == []
+    assert after["stored_rows"] == 30 + load["adds_acknowledged"] - load["removes_acknowledged"]
+    assert set(data["one_at_a_time"]) == {"HTTP POST /v1/query (1 client)", "Index.query in process"}
+    assert "acknowledged writes lost" in stdout

@@ -14,7 +14,7 @@ import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
-from shitu.errors import ShituError
+from shitu.errors import IndexBusy, ShituError
 
 DB_NAME = "gallery.db"
 DB_TEMP = f".{DB_NAME}.tmp"  # a build's new database, renamed over DB_NAME when complete
@@ -122,8 +122,8 @@ def write_lock(directory: Path):
     make_index_folder(directory)
     fd = try_lock(directory)
     if fd is None:
-        raise ShituError(f"another shitu process is changing the index at {directory}; "
-                         f"try again when it has finished")
+        raise IndexBusy(f"another shitu process is changing the index at {directory}; "
+                        f"try again when it has finished")
     try:
         require_writable(directory)
         with errors_explained(directory):
