@@ -1,0 +1,889 @@
+"""A gallery in Milvus: rows, vectors and manifest in one collection, served through an alias.
+
+Why Milvus: past one machine's memory (10^8 photos are 205 GB of float32 vectors) the vectors belong
+in an engine that shards and replicates them. What shitu keeps on top of it:
+
+* **Layout.** The store URL names an alias, ``COLLECTION``. Every build writes a new collection
+  ``COLLECTION__g<N>`` (one entity per image: INT64 ``id``, ``FLOAT_VECTOR`` ``vector``, VARCHAR ``label``,
+  ``path``, ``sha256``, ``added_at``) and records the manifest as a property of that collection, so the
+  model identity travels with the vectors it describes. Only then is the alias switched to it: an
+  interrupted build leaves the alias on the previous collection, which keeps serving; its leftover is
+  dropped by the next build or ``check --repair``. The previous generation is kept for readers that
+  resolved the alias just before the switch.
+* **Ids.** Ids come from the manifest's ``next_id`` and are never reused, across rebuilds too. Writes
+  are ``upsert`` and ``delete`` by id, so repeating one is harmless.
+* **Changes in place** (add, remove, repair). Milvus has no multi-row transaction, so a change is made
+  recoverable instead of atomic: (1) upsert the new rows, all above the manifest's ``next_id``; (2)
+  record the change in the manifest (``next_id`` raised, ``pending`` = ids to delete and relabel); (3)
+  apply the deletes and relabels; (4) commit the manifest with the new counts and no ``pending``. A
+  writer killed in (1) leaves rows above ``next_id``, which the next writer or ``check --repair``
+  deletes (the change never happened); one killed after (2) leaves ``pending``, which is replayed (the
+  change completes). Readers see each row change as it lands, not the change as a whole.
+* **One writer.** Milvus Lite allows one process per ``.db`` folder, which excludes a second writer
+  (and any reader) while a command runs. A server has no lock or compare-and-set that shitu could use
+  across machines; a writer re-reads the manifest before each commit and refuses to go on when another
+  one changed it, which catches most, not all, concurrent writers: run one writer at a time.
+
+Milvus Lite (``milvus-lite`` from pip) is a pure-Python engine over FAISS with the Milvus protocol: it
+proves the protocol and the semantics above, not a distributed deployment's speed or failure modes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import threading
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from shitu.errors import ShituError
+
+FORMAT_VERSION = 1
+MANIFEST_KEY = "shitu.manifest"
+GENERATION = re.compile(r"^(?P<alias>.+)__g(?P<n>[0-9]+)$")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+NAME_LIMIT = 200  # Milvus allows 255 characters; the generation suffix needs the rest
+DEFAULT_LITE_COLLECTION = "gallery"
+DEFAULT_PORT = 19530
+LABEL_BYTES, PATH_BYTES = 4096, 65535  # VARCHAR limits (Milvus counts bytes; 65535 is its maximum)
+BATCH = 2000  # rows per insert call: ~4.5 MB of 512-d vectors, far below gRPC's 64 MB message limit
+ID_CHUNK = 1000  # ids per "id in [...]" expression
+PENDING_LIMIT = 20_000  # ids one pending record may hold (it lives in a collection property)
+NORM_TOLERANCE = 1e-3
+SHOWN_IDS = 10
+MAX_TOPK = 16384  # Milvus's limit on k
+CONNECT_TIMEOUT = 10.0
+
+# Index choice (bench/search.py, Milvus Lite peer; see the README's "More than one machine").
+# FLAT below this many images, HNSW from it.
+AUTO_FLAT_LIMIT = 20_000
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF = 16, 200, 64
+IVF_NPROBE = 16
+LITE_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "HNSW_SQ", "IVF_SQ8")  # what Milvus Lite builds
+SERVER_ONLY_TYPES = ("DISKANN", "IVF_PQ", "IVF_RABITQ")  # a Milvus server only (no Lite backend)
+MILVUS_TYPES = LITE_TYPES + SERVER_ONLY_TYPES
+
+MANIFEST_TYPES = {"format_version": int, "model_name": str, "model_version": str, "model_sha256": str,
+                  "embedding_size": int, "index_type": str, "generation": int, "count": int, "labels": int,
+                  "next_id": int}
+OPTIONAL_TYPES = {"input_size": int, "ef_search": int, "nprobe": int, "gallery_root": str, "model_path": str}
+
+_client_lock = threading.Lock()
+
+
+# -- the URL ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MilvusURL:
+    """Where a gallery lives: a Milvus server's address or a Milvus Lite folder, and the alias name."""
+
+    text: str
+    collection: str
+    lite_path: Path | None = None  # milvus-lite:PATH.db
+    host: str = ""
+    port: int = DEFAULT_PORT
+    token: str = ""  # user:password for a server with authentication
+
+    @property
+    def lite(self) -> bool:
+        return self.lite_path is not None
+
+    @property
+    def uri(self) -> str:
+        """What ``pymilvus.MilvusClient`` takes."""
+        return str(self.lite_path) if self.lite else f"http://{self.host}:{self.port}"
+
+    def __str__(self) -> str:  # never shows a password
+        if self.lite:
+            return f"milvus-lite:{self.lite_path}/{self.collection}"
+        return f"milvus://{self.host}:{self.port}/{self.collection}"
+
+
+def is_milvus_url(text: str | os.PathLike) -> bool:
+    """Whether a ``--store`` value names Milvus rather than an index folder."""
+    return isinstance(text, str) and text.startswith(("milvus://", "milvus-lite:"))
+
+
+def parse_url(text: str) -> MilvusURL:
+    """``milvus://[USER:PASSWORD@]HOST[:PORT]/COLLECTION`` or ``milvus-lite:PATH.db[/COLLECTION]``.
+
+    Milvus Lite keeps a database in a folder whose name ends in ``.db`` (pymilvus's convention), so the
+    first ``.db`` that ends a path component ends the path; what follows is the collection.
+    """
+    if text.startswith("milvus-lite:"):
+        return parse_lite(text)
+    if text.startswith("milvus://"):
+        return parse_server(text)
+    raise ShituError(f"--store {text!r}: expected milvus://HOST:PORT/COLLECTION or milvus-lite:PATH.db"
+                     f"[/COLLECTION]")
+
+
+def parse_lite(text: str) -> MilvusURL:
+    rest = text[len("milvus-lite:"):]
+    match = re.fullmatch(r"(?P<path>.*?[^/]\.db)(?:/(?P<name>[^/]+))?/?", rest)
+    if not match:
+        raise ShituError(f"--store {text!r}: Milvus Lite needs a path ending in .db, as in "
+                         f"milvus-lite:galleries/shop.db or milvus-lite:galleries/shop.db/COLLECTION")
+    name = match["name"] or DEFAULT_LITE_COLLECTION
+    require_name(name, text)
+    return MilvusURL(text, name, lite_path=Path(os.path.abspath(os.path.expanduser(match["path"]))))
+
+
+def parse_server(text: str) -> MilvusURL:
+    parts = urllib.parse.urlsplit(text)
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ShituError(f"--store {text!r}: the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ShituError(f"--store {text!r}: no host; expected milvus://HOST:PORT/COLLECTION")
+    if parts.query or parts.fragment:
+        raise ShituError(f"--store {text!r}: a Milvus URL takes no ?query or #fragment")
+    name = parts.path.strip("/")
+    if not name:
+        raise ShituError(f"--store {text!r}: no collection; expected milvus://{parts.hostname}:{port}/COLLECTION")
+    require_name(name, text)
+    token = ""
+    if parts.username is not None:
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    return MilvusURL(text, name, host=parts.hostname, port=port, token=token)
+
+
+def require_name(name: str, text: str):
+    if not NAME.fullmatch(name) or len(name) > NAME_LIMIT or GENERATION.match(name):
+        raise ShituError(f"--store {text!r}: collection name {name!r} must start with a letter or '_', hold "
+                         f"only letters, digits and '_', be at most {NAME_LIMIT} characters and not end in "
+                         f"'__g' and a number")
+
+
+# -- connecting -------------------------------------------------------------------------------------
+def pymilvus_module():
+    """pymilvus, with its error log (a traceback per failed call) turned off: shitu explains failures."""
+    try:
+        import pymilvus
+    except ImportError:
+        raise ShituError("a Milvus store needs pymilvus (and milvus-lite for milvus-lite: URLs): "
+                         "pip install 'shitu[milvus]'") from None
+    for name in list(logging.root.manager.loggerDict) + ["pymilvus", "milvus_lite"]:
+        if name.split(".")[0] in ("pymilvus", "milvus_lite"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    return pymilvus
+
+
+def connect(url: MilvusURL, create: bool = False):
+    """A ``MilvusClient`` for the URL; ``create`` allows making a new Milvus Lite folder."""
+    pymilvus = pymilvus_module()
+    if url.lite:
+        require_lite_folder(url, create)
+    try:
+        with _client_lock:
+            return pymilvus.MilvusClient(uri=url.uri, token=url.token, timeout=CONNECT_TIMEOUT)
+    except pymilvus.exceptions.MilvusException as exc:
+        if url.lite:
+            if lite_in_use(url.lite_path):
+                raise ShituError(f"{url} is open in another process; Milvus Lite allows one process per "
+                                 f".db folder (run a Milvus server for more): try again when it has finished")
+            raise ShituError(f"cannot open {url}: {explain(exc)} (is milvus-lite installed? pip install "
+                             f"'shitu[milvus]')") from None
+        raise ShituError(f"cannot reach the Milvus server at {url.host}:{url.port}: {explain(exc)}") from None
+
+
+def require_lite_folder(url: MilvusURL, create: bool):
+    path = url.lite_path
+    if path.exists() and not path.is_dir():
+        raise ShituError(f"{url}: {path} is a file, not a Milvus Lite folder")
+    if not path.exists():
+        if not create:
+            raise no_gallery(url)
+        if not path.parent.is_dir():
+            raise ShituError(f"{url}: folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ShituError(f"{url}: cannot write to {path.parent}")
+
+
+def lite_in_use(path: Path) -> bool:
+    """Whether another process holds Milvus Lite's lock on ``path``."""
+    try:
+        fd = os.open(path / "LOCK", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def release(url: MilvusURL, client):
+    """Close the client and, for Milvus Lite, stop its in-process server so the folder's lock is freed."""
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - closing a broken connection has nothing left to report
+        pass
+    if url.lite:
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:
+            return
+        server_manager_instance.release_server(str(url.lite_path))
+
+
+def explain(exc) -> str:
+    """The one readable line of a pymilvus exception."""
+    message = getattr(exc, "message", None) or str(exc)
+    return " ".join(str(message).split())
+
+
+def no_gallery(url: MilvusURL) -> ShituError:
+    return ShituError(f"no gallery at {url}: run 'shitu build-index GALLERY --store {url.text}'")
+
+
+# -- rows -------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One gallery image as stored."""
+
+    id: int
+    path: str
+    label: str
+    sha256: str
+
+
+ROW_FIELDS = ["id", "path", "label", "sha256"]
+
+
+def row_of(entity: dict) -> Row:
+    return Row(int(entity["id"]), entity["path"], entity["label"], entity["sha256"])
+
+
+def literal(text: str) -> str | None:
+    """``text`` as a string literal of Milvus's expression language, or None when it holds a control
+    character the language cannot escape (it knows \\n, \\t, \\r, not \\u); callers then filter rows here."""
+    if any(ord(c) < 32 and c not in "\n\t\r" for c in text):
+        return None
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r") + '"'
+
+
+def require_storable(rows: list[dict], url: MilvusURL):
+    """Refuse labels and paths longer than the schema's VARCHAR limits before anything is written."""
+    for row in rows:
+        for key, limit in (("label", LABEL_BYTES), ("path", PATH_BYTES)):
+            if len(row[key].encode("utf-8")) > limit:
+                raise ShituError(f"{key} {row[key][:60]!r}... is longer than {limit} bytes, the most a "
+                                 f"{url} gallery stores; nothing was changed")
+
+
+def show(ids: list[int]) -> str:
+    shown = ", ".join(str(i) for i in ids[:SHOWN_IDS])
+    return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- index types ------------------------------------------------------------------------------------
+def resolve_index_type(index_type: str, count: int, lite: bool) -> str:
+    """``auto`` becomes FLAT below ``AUTO_FLAT_LIMIT`` images and HNSW from it; names are checked against
+    what the engine builds (Milvus Lite silently searches exhaustively with a type it lacks)."""
+    kind = index_type.upper()
+    if kind == "AUTO":
+        return "FLAT" if count < AUTO_FLAT_LIMIT else "HNSW"
+    if kind not in MILVUS_TYPES:
+        raise ShituError(f"bad --index-type {index_type!r} for a Milvus store: use auto or one of "
+                         f"{', '.join(MILVUS_TYPES)}")
+    if lite and kind in SERVER_ONLY_TYPES:
+        raise ShituError(f"--index-type {kind} needs a Milvus server; Milvus Lite builds "
+                         f"{', '.join(LITE_TYPES)}")
+    return kind
+
+
+def build_params(kind: str, count: int) -> dict:
+    if kind.startswith("HNSW"):
+        return {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+    if kind.startswith("IVF"):
+        return {"nlist": max(1, min(65536, round(4 * math.sqrt(max(count, 1)))))}
+    return {}
+
+
+def search_params(manifest: dict, k: int) -> dict:
+    kind = manifest["index_type"]
+    params = {}
+    if kind.startswith("HNSW"):
+        params = {"ef": max(k, int(manifest.get("ef_search", HNSW_EF)))}
+    elif kind.startswith("IVF"):
+        params = {"nprobe": int(manifest.get("nprobe", IVF_NPROBE))}
+    return {"metric_type": "IP", "params": params}
+
+
+# -- the manifest -----------------------------------------------------------------------------------
+def validate_manifest(manifest, where: str) -> dict:
+    """The manifest as a dict; refuses other format versions and entries of the wrong type."""
+    if not isinstance(manifest, dict):
+        raise damaged(where, "its manifest is not a JSON object")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ShituError(f"{where} has format version {manifest.get('format_version')!r}; this shitu reads "
+                         f"version {FORMAT_VERSION}: rebuild it with 'shitu build-index'")
+    for key, kind in {**MANIFEST_TYPES, **OPTIONAL_TYPES}.items():
+        if key not in manifest:
+            if key in MANIFEST_TYPES:
+                raise damaged(where, f"its manifest entry {key!r} is missing")
+            continue
+        value = manifest[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise damaged(where, f"its manifest entry {key!r} is {value!r}")
+    if manifest["embedding_size"] < 1:
+        raise damaged(where, f"its manifest entry 'embedding_size' is {manifest['embedding_size']}")
+    return manifest
+
+
+def damaged(where: str, what: str) -> ShituError:
+    return ShituError(f"{where} is damaged: {what}; rebuild it with 'shitu build-index'")
+
+
+def require_model(manifest: dict, model, where: str):
+    """Refuse a gallery built by another model (``model``: a ``shitu.embed.ModelInfo``)."""
+    m = manifest
+    if m["model_sha256"] != model.sha256 or m["embedding_size"] != model.embedding_size:
+        raise ShituError(
+            f"{where} was built with model {m['model_name']} {m['model_version']} "
+            f"(sha256 {m['model_sha256'][:12]}, {m['embedding_size']}-d), not with {model.describe()}; "
+            f"rebuild it with 'shitu build-index' or pass the matching --model")
+
+
+# -- the store --------------------------------------------------------------------------------------
+class MilvusStore:
+    """A connection to one gallery's alias and the generations behind it."""
+
+    def __init__(self, url: MilvusURL, client):
+        self.url, self.client = url, client
+        self.errors = pymilvus_module().exceptions.MilvusException
+
+    @classmethod
+    def open(cls, url: str | MilvusURL, create: bool = False) -> "MilvusStore":
+        url = parse_url(url) if isinstance(url, str) else url
+        return cls(url, connect(url, create))
+
+    def close(self):
+        release(self.url, self.client)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def call(self, method: str, *args, **kwargs):
+        """One pymilvus call; its failures become one ShituError line."""
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except self.errors as exc:
+            raise ShituError(f"{self.url}: Milvus refused {method} ({explain(exc)})") from None
+
+    # -- naming -------------------------------------------------------------------------------------
+    def generation_name(self, generation: int) -> str:
+        return f"{self.url.collection}__g{generation}"
+
+    def generations(self) -> dict[int, str]:
+        """Every ``COLLECTION__g<N>`` on the server, by N."""
+        found = {}
+        for name in self.call("list_collections"):
+            match = GENERATION.match(name)
+            if match and match["alias"] == self.url.collection:
+                found[int(match["n"])] = name
+        return found
+
+    def live(self) -> str | None:
+        """The collection the alias names now, or None when there is no alias."""
+        try:
+            return self.client.describe_alias(self.url.collection)["collection_name"]
+        except self.errors:
+            if self.call("has_collection", self.url.collection) and not self.generations():
+                raise ShituError(f"{self.url}: {self.url.collection} is a collection that shitu did not make "
+                                 f"(a shitu gallery is an alias to COLLECTION__g<N>); choose another name")
+            return None
+
+    def manifest_of(self, collection: str) -> dict:
+        """The validated manifest stored with ``collection``."""
+        where = f"gallery {self.url} ({collection})"
+        try:
+            properties = self.client.describe_collection(collection).get("properties", {})
+        except self.errors:
+            raise ShituError(f"gallery {self.url} is damaged: its alias names {collection}, which does not "
+                             f"exist (run 'shitu check --repair --store {self.url.text}')") from None
+        if MANIFEST_KEY not in properties:
+            raise ShituError(f"{where} holds no finished shitu gallery (no manifest); run 'shitu build-index' "
+                             f"again")
+        try:
+            manifest = json.loads(properties[MANIFEST_KEY])
+        except ValueError:
+            raise damaged(where, "its manifest is not JSON") from None
+        return validate_manifest(manifest, where)
+
+    def snapshot(self, model=None) -> "MilvusSnapshot":
+        """The live generation and its manifest; with ``model``, refuse one built by another model."""
+        collection = self.live()
+        if collection is None:
+            raise no_gallery(self.url)
+        manifest = self.manifest_of(collection)
+        snapshot = MilvusSnapshot(self, collection, manifest)
+        if model is not None:
+            require_model(manifest, model, f"gallery {self.url}")
+        self.ensure_loaded(collection)
+        return snapshot
+
+    def ensure_loaded(self, collection: str):
+        """A Milvus server searches only collections loaded into its query nodes."""
+        state = str(self.call("get_load_state", collection).get("state", ""))
+        if "Loaded" not in state or "NotLoad" in state:
+            self.call("load_collection", collection)
+
+    # -- writing a generation -----------------------------------------------------------------------
+    def write_generation(self, rows: list[dict], manifest: dict) -> str:
+        """Write ``rows`` and ``manifest`` as a new collection, then switch the alias to it (the commit).
+
+        ``rows``: dicts with id, path, label, sha256, vector. ``manifest["index_type"]`` is a Milvus type.
+        A failure before the switch drops the new collection; a kill leaves it for ``drop_leftovers``.
+        """
+        require_storable(rows, self.url)
+        live = self.live()
+        generation = max([0, *self.generations(), int(manifest.get("generation", 0)) - 1]) + 1
+        name = self.generation_name(generation)
+        manifest = {**manifest, "format_version": FORMAT_VERSION, "generation": generation,
+                    "store": "milvus", "metric": "inner_product", "updated_at": now()}
+        validate_manifest(manifest, f"gallery {self.url}")
+        self.create_collection(name, manifest, len(rows))
+        try:
+            self.insert_rows(name, rows)
+            self.call("flush", name)
+            self.write_manifest(name, manifest)
+            if live is None:
+                self.call("create_alias", name, self.url.collection)
+            else:
+                self.call("alter_alias", name, self.url.collection)
+        except BaseException:
+            self.drop_quietly(name)
+            raise
+        self.drop_leftovers(keep={name, live})
+        return name
+
+    def create_collection(self, name: str, manifest: dict, count: int):
+        pymilvus = pymilvus_module()
+        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        DataType = pymilvus.DataType
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(manifest["embedding_size"]))
+        schema.add_field("label", DataType.VARCHAR, max_length=LABEL_BYTES)
+        schema.add_field("path", DataType.VARCHAR, max_length=PATH_BYTES)
+        schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+        schema.add_field("added_at", DataType.VARCHAR, max_length=32)
+        index = self.client.prepare_index_params()
+        kind = manifest["index_type"]
+        index.add_index(field_name="vector", index_type=kind, metric_type="IP", params=build_params(kind, count))
+        index.add_index(field_name="path", index_type="INVERTED")
+        index.add_index(field_name="label", index_type="INVERTED")
+        self.call("create_collection", name, schema=schema, index_params=index, consistency_level="Strong")
+
+    def insert_rows(self, collection: str, rows: list[dict], method: str = "insert"):
+        stamp = now()
+        for start in range(0, len(rows), BATCH):
+            batch = [{"id": int(r["id"]), "vector": np.asarray(r["vector"], dtype=np.float32), "label": r["label"],
+                      "path": r["path"], "sha256": r["sha256"], "added_at": r.get("added_at") or stamp}
+                     for r in rows[start:start + BATCH]]
+            self.call(method, collection, batch)
+
+    def write_manifest(self, collection: str, manifest: dict):
+        self.call("alter_collection_properties", collection, properties={MANIFEST_KEY: json.dumps(manifest)})
+
+    def drop_quietly(self, name: str):
+        try:
+            self.client.drop_collection(name)
+        except Exception:  # noqa: BLE001 - the leftover is dropped by the next build or check --repair
+            pass
+
+    def leftovers(self, keep: set) -> list[str]:
+        """Generations other than ``keep``: older ones and those of interrupted builds."""
+        return [name for _, name in sorted(self.generations().items()) if name not in keep]
+
+    def drop_leftovers(self, keep: set):
+        for name in self.leftovers(keep):
+            self.call("drop_collection", name)
+
+    def previous_live(self, live: str) -> str | None:
+        """The generation before ``live``, kept for readers that resolved the alias just before a switch."""
+        match = GENERATION.match(live)
+        older = [n for n in self.generations() if match and n < int(match["n"])]
+        return self.generation_name(max(older)) if older else None
+
+
+@dataclass
+class Change:
+    """What one change in place does (the same shape as ``shitu.maintain.Change``)."""
+
+    delete_ids: list[int] = field(default_factory=list)
+    new_rows: list[dict] = field(default_factory=list)
+    relabel: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class MilvusSnapshot:
+    """One generation of a gallery, read through its concrete collection name.
+
+    Unlike the FAISS store's snapshot this is no frozen copy: a change in place is visible row by row.
+    """
+
+    store: MilvusStore
+    collection: str
+    manifest: dict
+
+    @property
+    def where(self) -> str:
+        return f"gallery {self.store.url}"
+
+    # -- reading ------------------------------------------------------------------------------------
+    def is_current(self) -> bool:
+        """Whether no writer has committed since this snapshot was read."""
+        try:
+            live = self.store.live()
+            return live == self.collection and \
+                self.store.manifest_of(live)["generation"] == self.manifest["generation"]
+        except ShituError:
+            return False
+
+    def count(self) -> int:
+        result = self.store.call("query", self.collection, filter="", output_fields=["count(*)"])
+        return int(result[0]["count(*)"])
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[tuple[float, Row]]]:
+        """Top-``k`` (score, row) per query vector, best first; scores are inner products."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(vectors) == 0:
+            return []
+        k = max(1, min(int(k), MAX_TOPK))
+        hits = self.store.call("search", self.collection, data=list(vectors), limit=k,
+                               output_fields=["path", "label", "sha256"],
+                               search_params=search_params(self.manifest, k))
+        return [[(float(hit["distance"]), row_of({"id": hit["id"], **hit["entity"]})) for hit in found]
+                for found in hits]
+
+    def iterate(self, fields: list[str], expression: str = "", batch: int = 4096) -> Iterator[dict]:
+        """Every entity matching ``expression``, in id order (Milvus's query iterator pages by id)."""
+        iterator = self.store.call("query_iterator", self.collection, batch_size=batch,
+                                   filter=expression or "id >= 0", output_fields=fields)
+        try:
+            while True:
+                try:
+                    page = iterator.next()
+                except self.store.errors as exc:
+                    raise ShituError(f"{self.where}: Milvus failed while reading rows ({explain(exc)})") from None
+                if not page:
+                    return
+                yield from page
+        finally:
+            iterator.close()
+
+    def all_rows(self) -> list[Row]:
+        return [row_of(entity) for entity in self.iterate(ROW_FIELDS)]
+
+    def row_ids(self) -> list[int]:
+        return [int(entity["id"]) for entity in self.iterate(["id"])]
+
+    def label_counts(self) -> dict[str, int]:
+        counts = Counter(entity["label"] for entity in self.iterate(["label"]))
+        return dict(sorted(counts.items()))
+
+    def rows(self, ids: Iterable[int]) -> dict[int, Row]:
+        wanted = sorted({int(i) for i in ids if int(i) >= 0})
+        found = {}
+        for start in range(0, len(wanted), ID_CHUNK):
+            chunk = wanted[start:start + ID_CHUNK]
+            for entity in self.store.call("get", self.collection, ids=chunk, output_fields=ROW_FIELDS):
+                found[int(entity["id"])] = row_of(entity)
+        return found
+
+    def vectors(self, ids: list[int]) -> dict[int, np.ndarray]:
+        found = {}
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = [int(i) for i in ids[start:start + ID_CHUNK]]
+            for entity in self.store.call("get", self.collection, ids=chunk, output_fields=["vector"]):
+                found[int(entity["id"])] = np.asarray(entity["vector"], dtype=np.float32)
+        return found
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every stored image in id order: what a rebuild reuses."""
+        ids, vectors = [], []
+        for entity in self.iterate(["id", "vector"], batch=1024):
+            ids.append(int(entity["id"]))
+            vectors.append(np.asarray(entity["vector"], dtype=np.float32))
+        size = int(self.manifest["embedding_size"])
+        matrix = np.stack(vectors) if vectors else np.zeros((0, size), np.float32)
+        return np.array(ids, dtype=np.int64), matrix
+
+    def matching(self, key: str, values: Iterable[str]) -> list[Row]:
+        """Rows whose ``key`` (label or path) is one of ``values``, in id order."""
+        values = sorted(set(values))
+        plain = [v for v in values if literal(v) is not None]
+        found = []
+        for start in range(0, len(plain), ID_CHUNK):
+            chunk = plain[start:start + ID_CHUNK]
+            expression = f"{key} in [{', '.join(literal(v) for v in chunk)}]"
+            found += [row_of(e) for e in self.iterate(ROW_FIELDS, expression)]
+        odd = set(values) - set(plain)
+        if odd:  # no literal can spell them: compare here
+            found += [row_of(e) for e in self.iterate(ROW_FIELDS) if e[key] in odd]
+        return sorted(found, key=lambda row: row.id)
+
+    def images(self, label: str | None = None, offset: int = 0, limit: int = 100) -> list[Row]:
+        """Rows in id order, optionally of one label; an unknown label gives an empty list."""
+        if label is not None and literal(label) is None:
+            source = (e for e in self.iterate(ROW_FIELDS) if e["label"] == label)
+        else:
+            source = self.iterate(ROW_FIELDS, f"label == {literal(label)}" if label is not None else "")
+        found = []
+        for position, entity in enumerate(source):
+            if position >= offset + limit:
+                break
+            if position >= offset:
+                found.append(row_of(entity))
+        return found
+
+    # -- changing in place --------------------------------------------------------------------------
+    def apply(self, change: Change) -> dict:
+        """Apply ``change`` by the recoverable protocol of the module docstring; returns the new manifest.
+
+        A removal of more than ``PENDING_LIMIT`` rows is committed in parts, so that each pending record
+        stays small enough for a collection property.
+        """
+        require_storable(change.new_rows, self.store.url)
+        self.require_unchanged()
+        floor = int(self.manifest["next_id"])
+        if any(int(r["id"]) < floor for r in change.new_rows):
+            raise ShituError(f"{self.where}: new rows must take ids from {floor} on (ids are never reused)")
+        deletes = sorted({int(i) for i in change.delete_ids})
+        relabel = {str(int(i)): label for i, label in change.relabel.items()}
+        old = self.rows(deletes + [int(i) for i in relabel])
+        touched = {r["label"] for r in change.new_rows} | set(relabel.values()) | {r.label for r in old.values()}
+        before = {label: self.has("label", label) for label in touched}
+        labels_before = int(self.manifest["labels"])
+        self.store.insert_rows(self.collection, change.new_rows, method="upsert")
+        next_id = max([floor] + [int(r["id"]) + 1 for r in change.new_rows])
+        parts = [deletes[start:start + PENDING_LIMIT] for start in range(0, len(deletes), PENDING_LIMIT)] or [[]]
+        for number, part in enumerate(parts):
+            pending = {"delete": part, "relabel": relabel if number == 0 else {}}
+            self.commit({"next_id": next_id, "pending": pending})
+            self.replay(pending)
+            labels = labels_before + sum(int(self.has("label", l)) - int(before[l]) for l in touched)
+            self.commit({"pending": None, "count": self.count(), "labels": labels}, new_generation=True)
+        return self.manifest
+
+    def replay(self, pending: dict):
+        """Apply a pending record's relabels and deletes; repeating it is harmless."""
+        relabel = {int(i): label for i, label in pending.get("relabel", {}).items()}
+        if relabel:
+            rows, vectors = self.rows(relabel), self.vectors(list(relabel))
+            self.store.insert_rows(self.collection, [
+                {"id": i, "vector": vectors[i], "label": relabel[i], "path": rows[i].path,
+                 "sha256": rows[i].sha256} for i in sorted(relabel) if i in rows and i in vectors], method="upsert")
+        self.delete(pending.get("delete", []))
+
+    def delete(self, ids: Iterable[int]):
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), ID_CHUNK):
+            self.store.call("delete", self.collection, ids=ids[start:start + ID_CHUNK])
+
+    def has(self, key: str, value: str) -> bool:
+        """Whether any row's ``key`` field equals ``value``."""
+        text = literal(value)
+        if text is None:
+            return any(e[key] == value for e in self.iterate([key]))
+        return bool(self.store.call("query", self.collection, filter=f"{key} == {text}", output_fields=["id"],
+                                    limit=1))
+
+    def unfinished(self) -> tuple[dict | None, list[int]]:
+        """What an interrupted change left: its pending record, and rows above ``next_id``."""
+        above = [int(e["id"]) for e in self.iterate(["id"], f"id >= {int(self.manifest['next_id'])}")]
+        return self.manifest.get("pending"), above
+
+    def recover(self) -> list[str]:
+        """Finish an interrupted change: replay its pending record, or delete the rows it had only
+        begun to add; then count the rows again. Writers call this before their own change."""
+        pending, above = self.unfinished()
+        done = []
+        if pending:
+            self.replay(pending)
+            done.append(f"finished an interrupted change ({len(pending.get('delete', []))} deletes, "
+                        f"{len(pending.get('relabel', {}))} relabels)")
+        if above and not pending:
+            self.delete(above)
+            done.append(f"deleted {len(above)} rows an interrupted add left (ids {show(above)})")
+        if done:
+            self.commit({"pending": None, "count": self.count(), "labels": len(self.label_counts())},
+                        new_generation=True)
+        return done
+
+    def commit(self, updates: dict, new_generation: bool = False):
+        """Write the manifest with ``updates`` (None removes an entry), after checking nobody else did."""
+        self.require_unchanged()
+        manifest = {**self.manifest, **updates, "updated_at": now()}
+        if new_generation:
+            manifest["generation"] = int(manifest["generation"]) + 1
+        manifest = {key: value for key, value in manifest.items() if value is not None}
+        self.store.write_manifest(self.collection, manifest)
+        self.manifest = manifest
+
+    def require_unchanged(self):
+        """Refuse to commit over a manifest another writer changed since we read it."""
+        stored = self.store.manifest_of(self.collection)
+        if (stored["generation"], stored.get("pending")) != (self.manifest["generation"], self.manifest.get("pending")):
+            raise ShituError(f"{self.where} was changed by another process; nothing more was changed, try again")
+
+
+# -- check and repair -------------------------------------------------------------------------------
+@dataclass
+class Findings:
+    """What ``inspect`` found: problems (message, repairable), notes, leftover generations."""
+
+    problems: list[tuple[str, bool]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    orphan: str | None = None  # a complete generation the alias should name (the alias is missing)
+
+    def problem(self, message: str, repairable: bool = False):
+        self.problems.append((message, repairable))
+
+
+def inspect(store: MilvusStore, model=None) -> Findings:
+    """Every way a Milvus gallery can be wrong that Milvus lets us see.
+
+    Rows without vectors and vectors without rows, the FAISS store's worst case, cannot happen here:
+    one entity holds both and the vector field is not nullable.
+    """
+    findings = Findings()
+    live = store.live()
+    if live is None:
+        complete = [name for _, name in sorted(store.generations().items()) if has_manifest(store, name)]
+        if not complete:
+            raise no_gallery(store.url)
+        findings.orphan = complete[-1]
+        findings.problem(f"alias {store.url.collection} is missing; {complete[-1]} is the newest complete "
+                         f"generation", repairable=True)
+        live = complete[-1]
+    try:
+        snapshot = MilvusSnapshot(store, live, store.manifest_of(live))
+    except ShituError as exc:
+        findings.problem(str(exc))
+        return findings
+    store.ensure_loaded(live)
+    m = snapshot.manifest
+    if model is None:
+        findings.notes.append("model not checked: no model given")
+    elif m["model_sha256"] != model.sha256 or m["embedding_size"] != model.embedding_size:
+        findings.problem(f"gallery was built with model {m['model_name']} {m['model_version']} (sha256 "
+                         f"{m['model_sha256'][:12]}), not with {model.describe()}; its vectors cannot be "
+                         f"reused: rebuild it with 'shitu build-index'")
+    check_schema(store, snapshot, findings)
+    pending, above = snapshot.unfinished()
+    if pending:
+        findings.problem(f"an interrupted change is pending ({len(pending.get('delete', []))} deletes, "
+                         f"{len(pending.get('relabel', {}))} relabels)", repairable=True)
+    elif above:
+        findings.problem(f"{len(above)} rows above next_id {m['next_id']} were left by an interrupted add "
+                         f"(ids {show(above)})", repairable=True)
+    check_rows(snapshot, findings)
+    keep = {live, store.previous_live(live)}
+    findings.leftovers = store.leftovers(keep)
+    for name in findings.leftovers:
+        findings.notes.append(f"leftover collection {name} from an interrupted or old build (harmless; "
+                              f"'shitu check --repair' drops it)")
+    return findings
+
+
+def has_manifest(store: MilvusStore, name: str) -> bool:
+    try:
+        store.manifest_of(name)
+    except ShituError:
+        return False
+    return True
+
+
+def check_schema(store: MilvusStore, snapshot: MilvusSnapshot, findings: Findings):
+    """The vector field has the manifest's dimension and an inner-product index."""
+    fields = {f["name"]: f for f in store.call("describe_collection", snapshot.collection)["fields"]}
+    dim = int(fields.get("vector", {}).get("params", {}).get("dim", 0))
+    if dim != snapshot.manifest["embedding_size"]:
+        findings.problem(f"{snapshot.collection} holds {dim}-d vectors, the manifest says "
+                         f"{snapshot.manifest['embedding_size']}-d; rebuild it with 'shitu build-index'")
+    index = store.call("describe_index", snapshot.collection, "vector") or {}
+    if index.get("metric_type") != "IP":
+        findings.problem(f"{snapshot.collection}'s vector index uses metric {index.get('metric_type')!r}, not "
+                         f"inner product; rebuild it with 'shitu build-index'")
+
+
+def check_rows(snapshot: MilvusSnapshot, findings: Findings):
+    """Counts against the manifest, one row per path, and finite unit-length vectors."""
+    paths, labels, not_unit, count = {}, set(), [], 0
+    for entity in snapshot.iterate(["id", "path", "label", "vector"], batch=1024):
+        count += 1
+        labels.add(entity["label"])
+        paths.setdefault(entity["path"], []).append(int(entity["id"]))
+        norm = float(np.linalg.norm(np.asarray(entity["vector"], dtype=np.float64)))
+        if not abs(norm - 1.0) <= NORM_TOLERANCE:  # also catches NaN, which Milvus accepts
+            not_unit.append(int(entity["id"]))
+    m = snapshot.manifest
+    if (m["count"], m["labels"]) != (count, len(labels)):
+        findings.problem(f"manifest says {m['count']} images of {m['labels']} labels, the collection holds "
+                         f"{count} of {len(labels)}", repairable=True)
+    repeated = {path: ids for path, ids in paths.items() if len(ids) > 1}
+    if repeated:
+        ids = sorted(i for group in repeated.values() for i in group)
+        findings.problem(f"{len(repeated)} paths are stored more than once (ids {show(ids)}); repair keeps "
+                         f"the newest row of each", repairable=True)
+    if not_unit:
+        findings.problem(f"{len(not_unit)} stored vectors are not unit length (ids {show(not_unit)}); remove "
+                         f"those files and add them again, or rebuild with 'shitu build-index'")
+
+
+def repair(store: MilvusStore, findings: Findings) -> list[str]:
+    """Fix what ``inspect`` marked repairable, then drop leftover generations."""
+    done = []
+    if findings.orphan:
+        store.call("create_alias", findings.orphan, store.url.collection)
+        done.append(f"pointed alias {store.url.collection} at {findings.orphan}")
+    if any(repairable for _, repairable in findings.problems):
+        snapshot = store.snapshot()
+        done += snapshot.recover()
+        done += drop_duplicate_paths(snapshot)
+        fresh = {"count": snapshot.count(), "labels": len(snapshot.label_counts())}
+        if (snapshot.manifest["count"], snapshot.manifest["labels"]) != (fresh["count"], fresh["labels"]):
+            snapshot.commit(fresh, new_generation=True)
+            done.append(f"counted {fresh['count']} images of {fresh['labels']} labels into the manifest")
+    live = store.live()
+    for name in store.leftovers({live, store.previous_live(live)}) if live else []:
+        store.call("drop_collection", name)
+        done.append(f"dropped leftover collection {name}")
+    return done
+
+
+def drop_duplicate_paths(snapshot: MilvusSnapshot) -> list[str]:
+    """Keep the newest row of each path stored more than once (a replace cut short)."""
+    paths = {}
+    for entity in snapshot.iterate(["id", "path"]):
+        paths.setdefault(entity["path"], []).append(int(entity["id"]))
+    stale = sorted(i for ids in paths.values() if len(ids) > 1 for i in sorted(ids)[:-1])
+    if not stale:
+        return []
+    snapshot.delete(stale)
+    return [f"deleted {len(stale)} older rows of paths stored twice (ids {show(stale)})"]
