@@ -495,7 +495,11 @@ class MilvusStore:
         index.add_index(field_name="vector", index_type=kind, metric_type="IP", params=build_params(kind, count))
         index.add_index(field_name="path", index_type="INVERTED")
         index.add_index(field_name="label", index_type="INVERTED")
-        self.call("create_collection", name, schema=schema, index_params=index, consistency_level="Strong")
+        # pymilvus waits 0.5 s per index when they come with create_collection; the server builds them
+        # anyway (a Milvus server on sealed segments, Milvus Lite when a segment is flushed)
+        self.call("create_collection", name, schema=schema, consistency_level="Strong")
+        self.call("create_index", name, index, sync=False)
+        self.call("load_collection", name)
 
     def insert_rows(self, collection: str, rows: list[dict], method: str = "insert"):
         stamp = now()
