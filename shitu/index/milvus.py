@@ -167,7 +167,12 @@ def require_name(name: str, text: str):
 
 # -- connecting -------------------------------------------------------------------------------------
 def pymilvus_module():
-    """pymilvus, with its error log (a traceback per failed call) turned off: shitu explains failures."""
+    """pymilvus, with its error log (a traceback per failed call) turned off: shitu explains failures.
+
+    gRPC's own log is silenced too: Milvus Lite's in-process server answers pymilvus's keepalive pings
+    with "too_many_pings" and gRPC prints each reconnection to stderr.
+    """
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         import pymilvus
     except ImportError:
