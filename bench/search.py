@@ -267,7 +267,8 @@ def table_row(row: dict) -> list:
 
 def lite_row(row: dict) -> list:
     return [f"{row['size']:,}", row["factory"], f"{row['rows_per_second']:,.0f}", f"{row['index_seconds']:.1f}",
-            f"{row['disk_bytes'] / row['size']:.0f}", f"{row['ram_bytes'] / row['size']:.0f}"]
+            f"{row['disk_bytes'] / row['size']:.0f}", f"{row['index_bytes'] / row['size']:.0f}",
+            f"{row['ram_bytes'] / row['size']:.0f}"]
 
 
 def main(argv=None):
@@ -318,7 +319,7 @@ def main(argv=None):
     tables = [("", columns, [table_row(row) for row in rows])]
     if lite:
         tables.append(("Milvus Lite: insert and storage", ["vectors", "index", "insert rows/s", "index s",
-                       "disk bytes/vector", "RAM bytes/vector"], [lite_row(row) for row in lite]))
+                       "disk bytes/vector", "of which index", "RAM bytes/vector"], [lite_row(row) for row in lite]))
     notes = [f"{DIMENSION}-d unit vectors, mixture shape: {shape.name}, about {args.per_cluster} per component; "
              f"{args.queries} queries, top 5 at batch 1; FAISS {faiss.__version__}, "
              f"{faiss.omp_get_max_threads()} OpenMP threads",
