@@ -413,3 +413,16 @@ def test_a_missing_alias_is_repaired_to_the_newest_complete_generation(built):
 def test_check_notes_an_unchecked_model(built):
     store, _ = built
     assert milvus.inspect(store).notes == ["model not checked: no model given"]
+
+
+def test_check_finds_an_index_with_another_metric(built):
+    store, _ = built
+    live = store.live()
+    store.client.release_collection(live)
+    store.client.drop_index(live, "vector")
+    params = store.client.prepare_index_params()
+    params.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+    store.client.create_index(live, params, sync=False)
+    problems = [message for message, _ in milvus.inspect(store, FakeModel()).problems]
+    assert problems == ["gallery__g1's vector index uses metric 'L2', not inner product; rebuild it with "
+                        "'shitu build-index'"]
