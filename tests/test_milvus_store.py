@@ -188,6 +188,9 @@ def test_manifest_damage_and_other_versions_are_refused(built):
     store.write_manifest(live, {**manifest(60, 3), "count": "sixty"})
     with pytest.raises(ShituError, match="'count' is 'sixty'"):
         store.snapshot()
+    store.write_manifest(live, {**manifest(60, 3), "pending": {"delete": ["1"]}})
+    with pytest.raises(ShituError, match="record of an interrupted change"):
+        store.snapshot()
 
 
 def test_rebuild_switches_the_alias_and_keeps_one_previous_generation(built):

@@ -356,7 +356,18 @@ def validate_manifest(manifest, where: str) -> dict:
             raise damaged(where, f"its manifest entry {key!r} is {value!r}")
     if manifest["embedding_size"] < 1:
         raise damaged(where, f"its manifest entry 'embedding_size' is {manifest['embedding_size']}")
+    if "pending" in manifest and not valid_pending(manifest["pending"]):
+        raise damaged(where, "its record of an interrupted change is not a list of ids and labels")
     return manifest
+
+
+def valid_pending(pending) -> bool:
+    """``{"delete": [id, ...], "relabel": {"id": label}}``, as ``MilvusSnapshot.apply`` writes it."""
+    if not isinstance(pending, dict) or set(pending) - {"delete", "relabel"}:
+        return False
+    deletes, relabel = pending.get("delete", []), pending.get("relabel", {})
+    return (isinstance(deletes, list) and all(type(i) is int for i in deletes) and isinstance(relabel, dict)
+            and all(key.isdigit() and isinstance(label, str) for key, label in relabel.items()))
 
 
 def damaged(where: str, what: str) -> ShituError:
