@@ -429,3 +429,27 @@ def test_check_finds_an_index_with_another_metric(built):
     problems = [message for message, _ in milvus.inspect(store, FakeModel()).problems]
     assert problems == ["gallery__g1's vector index uses metric 'L2', not inner product; rebuild it with "
                         "'shitu build-index'"]
+
+
+def test_ids_below_a_folder_and_the_highest_id(url):
+    paths = ["a/1.jpg", "a/b/2.jpg", "a", "ab/3.jpg", "a_/4.jpg", "a0/5.jpg", "a./6.jpg"]
+    vectors = unit(np.random.default_rng(4), len(paths))
+    rows = [{"id": 10 + n, "path": p, "label": "x", "sha256": "", "vector": v}
+            for n, (p, v) in enumerate(zip(paths, vectors))]
+    with MilvusStore.open(url, create=True) as store:
+        store.write_generation(rows, manifest(len(rows), 1, next_id=17))
+        snapshot = store.snapshot()
+        assert snapshot.ids_below("a") == {10, 11, 12} and snapshot.ids_below("a/b") == {11}
+        assert snapshot.ids_below("a_") == {14} and snapshot.ids_below("zz") == set()
+        assert snapshot.highest_id() == 16
+
+
+def test_a_rebuild_after_changes_in_place_has_a_higher_generation(built):
+    store, vectors = built
+    old = store.snapshot()
+    old.apply(Change(delete_ids=[1]))
+    old.apply(Change(delete_ids=[2]))
+    assert old.manifest["generation"] == 3 and old.is_current()
+    store.write_generation(gallery_rows(vectors[:5]), manifest(5, 3))
+    new = store.snapshot()
+    assert new.manifest["generation"] == 4 and new.collection == "gallery__g4" and not old.is_current()

@@ -476,11 +476,22 @@ class MilvusStore:
         """Write ``rows`` and ``manifest`` as a new collection, then switch the alias to it (the commit).
 
         ``rows``: dicts with id, path, label, sha256, vector. ``manifest["index_type"]`` is a Milvus type.
-        A failure before the switch drops the new collection; a kill leaves it for ``drop_leftovers``.
+        """
+        name = self.stage_generation(rows, manifest)
+        self.publish_generation(name)
+        return name
+
+    def stage_generation(self, rows: list[dict], manifest: dict) -> str:
+        """A complete new collection with its manifest, not yet named by the alias.
+
+        Its generation is above every collection's and the live manifest's, so a reader of the old one
+        sees that it is no longer current. A failure drops the new collection; a kill leaves it for the
+        next build or ``check --repair``.
         """
         require_storable(rows, self.url)
         live = self.live()
-        generation = max([0, *self.generations(), int(manifest.get("generation", 0)) - 1]) + 1
+        floor = self.manifest_of(live)["generation"] if live and has_manifest(self, live) else 0
+        generation = max([floor, *self.generations()]) + 1
         name = self.generation_name(generation)
         manifest = {**manifest, "format_version": FORMAT_VERSION, "generation": generation,
                     "store": "milvus", "metric": "inner_product", "updated_at": now()}
@@ -490,15 +501,19 @@ class MilvusStore:
             self.insert_rows(name, rows)
             self.call("flush", name)
             self.write_manifest(name, manifest)
-            if live is None:
-                self.call("create_alias", name, self.url.collection)
-            else:
-                self.call("alter_alias", name, self.url.collection)
         except BaseException:
             self.drop_quietly(name)
             raise
-        self.drop_leftovers(keep={name, live})
         return name
+
+    def publish_generation(self, name: str):
+        """Switch the alias to ``name`` (the commit point of a build), then drop what no reader needs."""
+        live = self.live()
+        if live is None:
+            self.call("create_alias", name, self.url.collection)
+        else:
+            self.call("alter_alias", name, self.url.collection)
+        self.drop_leftovers(keep={name, live})
 
     def create_collection(self, name: str, manifest: dict, count: int):
         pymilvus = pymilvus_module()
@@ -572,6 +587,7 @@ class MilvusSnapshot:
     store: MilvusStore
     collection: str
     manifest: dict
+    _before: dict | None = field(default=None, repr=False)  # labels a staged change touches, and whether they existed
 
     @property
     def where(self) -> str:
@@ -670,6 +686,23 @@ class MilvusSnapshot:
             found += [row_of(e) for e in self.iterate(ROW_FIELDS) if e[key] in odd]
         return sorted(found, key=lambda row: row.id)
 
+    def ids_below(self, key: str) -> set[int]:
+        """Rows stored at ``key`` or in the folder ``key`` (a string range: LIKE would read '_' as a
+        wildcard, and Milvus's expressions have no escape for it)."""
+        text, start, stop = literal(key), literal(key + "/"), literal(key + "0")  # '0' follows '/'
+        if None in (text, start, stop):
+            return {int(e["id"]) for e in self.iterate(["id", "path"])
+                    if e["path"] == key or e["path"].startswith(key + "/")}
+        expression = f"path == {text} or (path >= {start} and path < {stop})"
+        return {int(e["id"]) for e in self.iterate(["id"], expression)}
+
+    def highest_id(self) -> int:
+        """The highest stored id, 0 when there is none (the query iterator pages in id order)."""
+        highest = 0
+        for entity in self.iterate(["id"], batch=16384):
+            highest = max(highest, int(entity["id"]))
+        return highest
+
     def images(self, label: str | None = None, offset: int = 0, limit: int = 100) -> list[Row]:
         """Rows in id order, optionally of one label; an unknown label gives an empty list."""
         if label is not None and literal(label) is None:
@@ -686,30 +719,50 @@ class MilvusSnapshot:
 
     # -- changing in place --------------------------------------------------------------------------
     def apply(self, change: Change) -> dict:
-        """Apply ``change`` by the recoverable protocol of the module docstring; returns the new manifest.
+        """Apply ``change`` by the recoverable protocol of the module docstring; returns the new manifest."""
+        self.stage(change)
+        return self.publish(change, max([int(self.manifest["next_id"])] + [int(r["id"]) + 1
+                                                                          for r in change.new_rows]))
 
-        A removal of more than ``PENDING_LIMIT`` rows is committed in parts, so that each pending record
-        stays small enough for a collection property.
-        """
+    def stage(self, change: Change) -> list[int]:
+        """Step 1: upsert the new rows, all above ``next_id`` (a kill here is rolled back by ``recover``).
+        Returns their ids, which ``abandon`` deletes when the change does not go on."""
         require_storable(change.new_rows, self.store.url)
         self.require_unchanged()
         floor = int(self.manifest["next_id"])
         if any(int(r["id"]) < floor for r in change.new_rows):
             raise ShituError(f"{self.where}: new rows must take ids from {floor} on (ids are never reused)")
+        self._before = self.labels_touched(change)
+        self.store.insert_rows(self.collection, change.new_rows, method="upsert")
+        return [int(r["id"]) for r in change.new_rows]
+
+    def abandon(self, staged_ids: list[int]):
+        self.delete(staged_ids)
+
+    def labels_touched(self, change: Change) -> dict[str, bool]:
+        """Whether each label the change touches exists before it: how ``publish`` counts labels."""
+        old = self.rows(list(change.delete_ids) + [int(i) for i in change.relabel])
+        touched = {r["label"] for r in change.new_rows} | set(change.relabel.values()) | \
+            {row.label for row in old.values()}
+        return {label: self.has("label", label) for label in touched}
+
+    def publish(self, change: Change, next_id: int) -> dict:
+        """Steps 2-4: record the deletes and relabels in the manifest, apply them, commit the counts.
+
+        A removal of more than ``PENDING_LIMIT`` rows is committed in parts, so that each pending record
+        stays small enough for a collection property.
+        """
+        before = self._before if self._before is not None else self.labels_touched(change)
+        self._before = None
+        labels_before = int(self.manifest["labels"])
         deletes = sorted({int(i) for i in change.delete_ids})
         relabel = {str(int(i)): label for i, label in change.relabel.items()}
-        old = self.rows(deletes + [int(i) for i in relabel])
-        touched = {r["label"] for r in change.new_rows} | set(relabel.values()) | {r.label for r in old.values()}
-        before = {label: self.has("label", label) for label in touched}
-        labels_before = int(self.manifest["labels"])
-        self.store.insert_rows(self.collection, change.new_rows, method="upsert")
-        next_id = max([floor] + [int(r["id"]) + 1 for r in change.new_rows])
         parts = [deletes[start:start + PENDING_LIMIT] for start in range(0, len(deletes), PENDING_LIMIT)] or [[]]
         for number, part in enumerate(parts):
             pending = {"delete": part, "relabel": relabel if number == 0 else {}}
-            self.commit({"next_id": next_id, "pending": pending})
+            self.commit({"next_id": max(next_id, int(self.manifest["next_id"])), "pending": pending})
             self.replay(pending)
-            labels = labels_before + sum(int(self.has("label", l)) - int(before[l]) for l in touched)
+            labels = labels_before + sum(int(self.has("label", l)) - int(had) for l, had in before.items())
             self.commit({"pending": None, "count": self.count(), "labels": labels}, new_generation=True)
         return self.manifest
 
