@@ -8,7 +8,7 @@ Peers, interleaved, each over the same number of images:
   script writes to a temp folder;
 * model only: ``Embedder.embed_arrays`` on pre-made inputs, batch 32.
 
-Builds go through ``shitu.build.build_index`` with an ``Embedder``, exactly as ``shitu build-index``
+Builds go through ``shitu.index.Index.build`` with one open ``Embedder``, exactly as ``shitu build-index``
 does (hashing, threaded decoding, resizing, inference, SQLite, FAISS), each time into an empty
 folder so nothing is reused. Why: the ratio end-to-end / model-only says how much of a build is
 spent outside the network, i.e. whether a faster model (int8, fewer threads) would speed builds up
@@ -65,12 +65,12 @@ def phone_items(folder: Path, count: int, width: int, height: int):
 
 def build_call(items, work: Path, embedder):
     """A call that indexes ``items`` into a fresh folder under ``work``."""
-    from shitu.build import build_index
+    from shitu.index import Index
 
     counter = iter(range(1_000_000))
 
     def call():
-        build_index(items, work / f"index-{next(counter)}", embedder)
+        Index(work / f"index-{next(counter)}", embedder=embedder).build(items)
     return call
 
 

@@ -54,16 +54,15 @@ def measure(model: str, sets: dict, unknown_sets: dict, work: Path, target: floa
     """One row per unknown set for ``model``, plus the held-out threshold applied to the other sets."""
     import numpy as np
 
-    from shitu.build import build_index
-    from shitu.embed import Embedder, resolve_model
+    from shitu.embed import resolve_model
+    from shitu.index import Index
     from shitu.openset import choose_threshold, open_set_curve, rule_name
-    from shitu.recognizer import Recognizer
     from shitu.scoring import score_queries
 
     path = resolve_model(model)
     index = work / f"index-{path.stem}"
-    build_index(sets["gallery"], index, Embedder(path))
-    recognizer = Recognizer(index, path)
+    recognizer = Index(index, path)
+    recognizer.build(sets["gallery"])
     known = score_queries(recognizer, sets["known"], 1, "known")
     known_scores, correct = [q.score for q in known], [q.correct for q in known]
     rows, first = [], None

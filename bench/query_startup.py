@@ -1,14 +1,14 @@
-"""``shitu query`` wall time from process start to answer, and the per-query cost in a loaded Recognizer.
+"""``shitu query`` wall time from process start to answer, and the per-query cost in a loaded ``Index``.
 
-The index holds 10 000 images by default, written straight into a store as synthetic unit vectors
-(``shitu.build.write_snapshot``), so nothing needs embedding; the index type is what ``auto`` picks
+The index holds 10 000 images by default, built from synthetic unit vectors (``Index.build_vectors``),
+so nothing needs embedding; the index type is what ``auto`` picks
 for that size. Two groups of peers, each interleaved:
 
 * new process: ``python -c pass`` (the interpreter), ``python -c 'import ...'`` (the libraries a query
   loads) and ``python cli.py query PHOTO --json`` (everything: imports, model, index, answer);
-* loaded ``Recognizer``: ``query([photo])`` repeated, against its parts: ``Embedder.preprocess``
+* loaded ``Index``: ``query([photo])`` repeated, against its parts: ``Embedder.preprocess``
   (decode and resize), ``embed_arrays`` at batch 1 (the model) and the FAISS search; then, timed on
-  its own, ``Recognizer(...)`` itself (model and index loading).
+  its own, ``Index(...).refresh()`` itself (model and index loading).
 
 Why: a command-line query pays start-up on every call, a service pays it once; the difference says
 which of the two a deployment needs, and the breakdown says what to make faster.
@@ -33,18 +33,15 @@ LIBRARIES = "import numpy, onnxruntime, faiss, sqlite_utils, typer, rich, PIL.Im
 
 def synthetic_index(directory: Path, embedder, count: int, labels: int) -> str:
     """Write an index of ``count`` random unit vectors in ``labels`` labels; returns its FAISS type."""
-    from shitu.build import Previous, write_snapshot
-    from shitu.store import resolve_index_type
+    from shitu.gallery import GalleryItem
+    from shitu.index import Index
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((count, embedder.info.embedding_size), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    rows = [{"id": n + 1, "path": f"product {n % labels:05d}/{n:06d}.jpg", "label": f"product {n % labels:05d}",
-             "sha256": "", "vector": vector} for n, vector in enumerate(vectors)]
-    factory = resolve_index_type("auto", count)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_snapshot(directory, rows, embedder, factory, "synthetic", Previous())  # a first build
-    return factory
+    items = [GalleryItem(Path(f"product {n % labels:05d}/{n:06d}.jpg"), f"product {n % labels:05d}/{n:06d}.jpg",
+                         f"product {n % labels:05d}") for n in range(count)]
+    return Index(directory, embedder=embedder).build_vectors(items, vectors, "auto", "synthetic").index_type
 
 
 def process_peers(photo: Path, index: Path, model: Path) -> dict:
@@ -62,13 +59,15 @@ def process_peers(photo: Path, index: Path, model: Path) -> dict:
 
 
 def loaded_peers(photo: Path, index: Path, model: Path, threads: int | None) -> dict:
-    """Calls on a loaded Recognizer, and its parts."""
-    from shitu.recognizer import Recognizer
+    """Calls on a loaded Index, and its parts."""
+    from shitu.index import Index
 
-    recognizer = Recognizer(index, model, threads)
+    recognizer = Index(index, model, threads=threads)
+    recognizer.refresh()  # load the model and read the index before anything is timed
     embedder = recognizer.embedder
     single = embedder.preprocess(photo)[None]
     vector = embedder.embed_arrays(single)
+    # The peer names are those of earlier runs' JSON (when the API was called Recognizer), kept comparable.
     return {"Recognizer.query([photo])": lambda: recognizer.query([photo]),
             "Embedder.preprocess(photo)": lambda: embedder.preprocess(photo),
             "embed_arrays, batch 1": lambda: embedder.embed_arrays(single),
@@ -76,11 +75,11 @@ def loaded_peers(photo: Path, index: Path, model: Path, threads: int | None) -> 
 
 
 def loading_peer(index: Path, model: Path, threads: int | None) -> dict:
-    """Loading a Recognizer, timed apart from the per-query peers: every new onnxruntime session starts
-    threads of its own, which would otherwise compete with the queries being timed."""
-    from shitu.recognizer import Recognizer
+    """Loading an Index (model and snapshot), timed apart from the per-query peers: every new onnxruntime
+    session starts threads of its own, which would otherwise compete with the queries being timed."""
+    from shitu.index import Index
 
-    return {"Recognizer(index, model)": lambda: Recognizer(index, model, threads)}
+    return {"Recognizer(index, model)": lambda: Index(index, model, threads=threads).refresh()}
 
 
 def main(argv=None):
@@ -91,7 +90,7 @@ def main(argv=None):
     args.add_argument("--labels", type=int, default=1_000, help="labels in the synthetic index")
     args.add_argument("--rounds", type=int, default=10, help="timed runs per new-process peer")
     args.add_argument("--loaded-rounds", type=int, default=50, help="timed calls per loaded peer")
-    args.add_argument("--threads", type=int, help="onnxruntime threads of the loaded Recognizer "
+    args.add_argument("--threads", type=int, help="onnxruntime threads of the loaded Index "
                       "(default: all cores, as the CLI)")
     args = parse(args, argv, quick={"count": 200, "labels": 20, "rounds": 1, "loaded_rounds": 2})
 
@@ -111,7 +110,7 @@ def main(argv=None):
     model_ms = loaded["embed_arrays, batch 1"]["median"]
     tables = [("New process: spawn to exit", ["command", "ms"],
                [[name, show(stats, 1e3)] for name, stats in started.items()]),
-              ("Loaded Recognizer", ["call", "ms", "x model batch-1"],
+              ("Loaded Index", ["call", "ms", "x model batch-1"],
                [[name, show(stats, 1e3, 2), f"{stats['median'] / model_ms:.2f}"] for name, stats in loaded.items()])]
     notes = [f"index: {args.count} synthetic images, {args.labels} labels, FAISS {factory}; "
              f"model {embedder.info.describe()} at {embedder.info.input_size} px",

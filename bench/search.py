@@ -14,7 +14,7 @@ Two shapes of mixture (``--shape``):
   their variance in a few directions), which is what makes graph and cluster indexes work.
 * ``isotropic``: random unit centres and isotropic noise, the worst case for every approximate index.
 
-Peers per size (1e4, 1e5, 1e6 by default), all inner-product indexes as ``shitu.store`` builds them:
+Peers per size (1e4, 1e5, 1e6 by default), all inner-product indexes as ``shitu.index.vectors`` builds them:
 exact ``Flat``; ``HNSW32`` at efSearch 16/32/64/128; ``IVF<nlist>,Flat`` with nlist = 4 sqrt(n) at
 nprobe 8/16/32; and ``IVF<nlist>,PQ64`` (64 bytes a vector; ``--pq``) at the sizes from ``--pq-from`` (1e6).
 Latency is per query at batch 1, peers interleaved query by query, so its spread is the spread over

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from shitu.errors import ShituError
+from shitu.errors import ShituError, UsageError
 from shitu.progress import TerminalReporter, printable
 
 app = typer.Typer(help="Recognise products in photos: PP-LCNet-2.5x embeddings, FAISS search, SQLite labels.",
@@ -43,6 +43,11 @@ def guarded(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except UsageError as exc:  # as for a missing option: the usage, the message, exit 2
+            if isinstance(kwargs.get("ctx"), typer.Context):
+                kwargs["ctx"].fail(str(exc))
+            typer.echo(printable(f"error: {exc}"), err=True)
+            raise typer.Exit(2)
         except ShituError as exc:
             typer.echo(printable(f"error: {exc}"), err=True)
             raise typer.Exit(1)
@@ -94,15 +99,12 @@ def build_index(
     quiet: bool = QUIET,
 ):
     """Embed a gallery into an index (re-embeds only new or changed files)."""
-    from shitu.build import build_index as build
-    from shitu.embed import Embedder
     from shitu.gallery import read_gallery
-    from shitu.store import model_for_index
+    from shitu.index import Index
 
     reporter = TerminalReporter(quiet)
     items = read_gallery(gallery, list_file, reporter)
-    embedder = Embedder(model_for_index(index, model))
-    report = build(items, index, embedder, index_type, str(gallery.resolve()), reporter)
+    report = Index(index, model, reporter).build(items, index_type, gallery)
     typer.echo(f"indexed {report.images} images of {report.labels} labels into {index} "
                f"({report.index_type}): {report.embedded} embedded, {report.reused} reused, "
                f"{report.removed} removed, {len(report.bad)} unreadable skipped", err=True)
@@ -120,9 +122,9 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """Name the product in each photo."""
-    from shitu.recognizer import Recognizer
+    from shitu.index import Index
 
-    answers = Recognizer(index, model).query(images, topk, threshold)
+    answers = Index(index, model).query(images, topk, threshold)
     if as_json:
         print_json([answer.to_json() for answer in answers])
     else:
@@ -157,8 +159,8 @@ def eval_command(
 ):
     """Measure retrieval quality: recall@K and MAP@R; with --unknown, what each threshold does."""
     from shitu.gallery import read_gallery
+    from shitu.index import Index
     from shitu.metrics import parse_metric
-    from shitu.recognizer import Recognizer
 
     metrics = list(dict.fromkeys(parse_metric(m) for m in metric))
     if queries_list and not queries:
@@ -169,7 +171,7 @@ def eval_command(
     if unknown or report:
         return open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json,
                              reporter)
-    result = Recognizer(index, model).evaluate(metrics, items, reporter)
+    result = Index(index, model, reporter).evaluate(metrics, items)
     output = {m: round(result[m], 4) for m in metrics}
     output.update(queries=result["queries"], gallery=result["gallery"])
     if as_json:
@@ -180,29 +182,22 @@ def eval_command(
 
 def check_open_set_flags(queries, unknown, unknown_list, target, report):
     """Refuse flag combinations before any photo is embedded."""
-    from shitu.openset import check_target
-
     if unknown_list and not unknown:
         raise ShituError("--unknown-list needs --unknown, the folder its paths are relative to")
     if target is not None and not unknown:
         raise ShituError("--target-unknown-rejection needs --unknown: photos of products not in the gallery")
     if (unknown or report) and not queries:
         raise ShituError("--unknown and --report need --queries: photos of products that are in the gallery")
-    if report is not None and report.is_dir():
-        raise ShituError(f"--report {report} is a folder: give a file name such as report.html")
-    check_target(target)
 
 
 def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json, reporter):
     """``eval`` with unknown queries or a report: one search of every photo serves both."""
+    from shitu.index import Index
     from shitu.openset import point_json, rule_name
-    from shitu.recognizer import Recognizer
-    from shitu.scoring import REPORT_DEPTH, evaluate_queries, read_unknowns
+    from shitu.scoring import read_unknowns
 
     unknown_items = read_unknowns(unknown, unknown_list, reporter) if unknown else None
-    recognizer = Recognizer(index, model)
-    evaluation = evaluate_queries(recognizer, items, metrics, unknown_items, target,
-                                  REPORT_DEPTH if report else 1, reporter)
+    evaluation = Index(index, model, reporter).evaluate_open_set(items, metrics, unknown_items, target, report)
     output = {m: round(evaluation.metrics[m], 4) for m in metrics}
     output.update(queries=evaluation.metrics["queries"], gallery=len(evaluation.gallery_labels))
     if evaluation.curve is not None:
@@ -210,9 +205,6 @@ def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, r
         output["threshold"] = chosen["threshold"]
         output["open_set"] = {**evaluation.curve.to_json(), "rule": rule_name(target), "chosen": chosen}
     if report:
-        from shitu.report import write_report
-
-        write_report(report, evaluation, recognizer)
         note(f"wrote the report to {report}")
     if as_json:
         print_json(output)
@@ -247,19 +239,16 @@ def calibrate(
     quiet: bool = QUIET,
 ):
     """Choose a threshold on known and unknown photos and store it with the index; query then uses it."""
-    from shitu.calibration import calibration_record, describe, store_calibration
+    from shitu.index.calibration import describe
     from shitu.gallery import read_gallery
-    from shitu.recognizer import Recognizer
-    from shitu.scoring import evaluate_queries, read_unknowns
+    from shitu.index import Index
+    from shitu.scoring import read_unknowns
 
     check_open_set_flags(queries, unknown, unknown_list, target, None)
     reporter = TerminalReporter(quiet)
     items = read_gallery(queries, queries_list, reporter)
     unknown_items = read_unknowns(unknown, unknown_list, reporter)
-    recognizer = Recognizer(index, model)
-    evaluation = evaluate_queries(recognizer, items, ["recall@1"], unknown_items, target, 1, reporter)
-    record = calibration_record(evaluation, target, recognizer.snapshot.manifest)
-    store_calibration(index, record)
+    record = Index(index, model, reporter).calibrate(items, unknown_items, target)
     if as_json:
         print_json({"threshold": record["value"], "calibration": record})
     else:
@@ -377,13 +366,9 @@ def add(
     quiet: bool = QUIET,
 ):
     """Add new images and replace changed ones, without rebuilding the index."""
-    from shitu.embed import Embedder
-    from shitu.maintain import add_images
-    from shitu.store import model_for_index
+    from shitu.index import Index
 
-    if label is None and any(path.is_file() for path in paths):
-        ctx.fail("image files need --label (folders take labels from their label folders)")
-    report = add_images(paths, index, Embedder(model_for_index(index, model)), label, TerminalReporter(quiet))
+    report = Index(index, model, TerminalReporter(quiet)).add(paths, label)
     if report.rebuilt:
         rebuilt_note(report)
     typer.echo(f"{index}: {report.added} new images added, {report.replaced} changed ones replaced, "
@@ -402,12 +387,9 @@ def remove(
     index: Path = INDEX,
 ):
     """Remove images from an index, without rebuilding it."""
-    from shitu.gallery import normalise_label
-    from shitu.maintain import remove_images
+    from shitu.index import Index
 
-    if not label and not path:
-        ctx.fail("say what to remove with --label or --path")
-    report = remove_images(index, [normalise_label(name) for name in label or []], path or [])
+    report = Index(index).remove(label or [], path or [])
     if report.rebuilt:
         rebuilt_note(report)
     typer.echo(f"removed {report.removed} images from {index}; it now holds {report.count} images of "
@@ -421,11 +403,10 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """Show what an index holds and which model built it."""
-    from shitu.calibration import calibration_info, describe
-    from shitu.check import index_info
+    from shitu.index.calibration import describe
+    from shitu.index import Index
 
-    data = index_info(index)
-    data.update(calibration_info(index))
+    data = Index(index).info()
     if as_json:
         print_json(data)
         return
@@ -450,9 +431,9 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """Verify an index: FAISS ids against database rows, stored vectors, model, leftover files."""
-    from shitu.check import check_index
+    from shitu.index import Index
 
-    report = check_index(index, model, repair)
+    report = Index(index, model).check(repair)
     if as_json:
         print_json(report.to_json())
     else:

@@ -6,9 +6,11 @@ Phone photos carry EXIF rotation, web images come as palettes with alpha, scanne
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,18 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 from shitu.errors import BadImage  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An encoded image that arrived as bytes (a service upload); decoded with the same limits as a file,
+    and named ``name`` in every message about it."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def load_rgb(path: str | Path, min_side: int | None = None, regular_only: bool = True) -> Image.Image:
@@ -59,7 +73,13 @@ def open_image_file(path: str | Path, regular_only: bool = True):
     Why: reading a FIFO blocks forever, ``/dev/zero`` never ends, and a sparse 1 TB file would be read
     in full before any decoder could refuse it. The file is opened non-blocking and checked with
     ``fstat`` on that same descriptor, so nothing can be swapped in between the check and the read.
+    An ``Upload`` is already in memory: only its size is checked.
     """
+    if isinstance(path, Upload):
+        if len(path.data) > MAX_FILE_BYTES:
+            raise BadImage(f"{path}: {len(path.data) / 2**30:.1f} GiB is larger than any image file "
+                           f"({MAX_FILE_BYTES >> 30} GiB limit)")
+        return io.BytesIO(path.data)
     flags = os.O_RDONLY | (os.O_NONBLOCK if regular_only else 0)
     try:
         descriptor = os.open(path, flags)

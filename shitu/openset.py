@@ -2,7 +2,7 @@
 
 A known query (its product is in the gallery) is answered right, answered wrong, or rejected; an unknown
 query (its product is not) should be rejected. A query is answered when its top-1 score is at least the
-threshold, exactly as ``Recognizer.query`` decides. The area under the curve of known-right against
+threshold, exactly as ``Index.query`` decides. The area under the curve of known-right against
 unknown-rejected is the open-set classification rate area (OSCR, Dhamija et al. 2018, mirrored): it is
 recall@1 for a model whose every unknown scores below every known, and less the more they overlap.
 """

@@ -20,7 +20,8 @@ from shitu.errors import BadImage, ShituError
 from shitu.imageio import load_rgb
 from shitu.openset import point_json
 from shitu.scoring import Evaluation, ScoredQuery
-from shitu.store import Row, read_snapshot
+from shitu.index.manifest import Manifest
+from shitu.index.storage import Row
 
 THUMB_SIDE = 112
 CONFUSIONS = 20
@@ -139,17 +140,22 @@ def gallery_path(root: str, relpath: str) -> Path:
     return Path(root) / relpath
 
 
-def write_report(out: Path, evaluation: Evaluation, recognizer, title: str = "shitu evaluation") -> Path:
-    """Write the HTML report for ``evaluation`` (searched with ``recognizer``) to ``out``."""
-    out = Path(out)
+def require_file_name(out: Path) -> Path:
+    """Where the report goes: a file, not a folder (checked before any photo is embedded)."""
     if out.is_dir():
         raise ShituError(f"--report {out} is a folder: give a file name such as report.html")
-    snapshot = read_snapshot(recognizer.directory, recognizer.embedder.info, with_vectors=True)
+    return out
+
+
+def write_report(out: Path, evaluation: Evaluation, index, title: str = "shitu evaluation") -> Path:
+    """Write the HTML report for ``evaluation`` (searched with ``index``, a ``shitu.index.Index``) to ``out``."""
+    out = require_file_name(Path(out))
+    snapshot = index.read(checked=True, with_vectors=True)
     order = {row_id: n for n, row_id in enumerate(snapshot.ids.tolist())}
     rows = [snapshot.rows[row_id] for row_id in sorted(order, key=order.get)]
-    root, thumbs = snapshot.manifest.get("gallery_root", ""), Thumbnails()
+    root, thumbs = snapshot.manifest.gallery_root, Thumbnails()
     recalls = recall_at_k(evaluation.known)
-    parts = [*header(title, recognizer.directory, snapshot.manifest, rows, evaluation),
+    parts = [*header(title, index.directory, snapshot.manifest, rows, evaluation),
              *metrics_section(evaluation, recalls), *open_set_section(evaluation),
              *plots_section(evaluation, recalls),
              "<h2>Recall@1 per label, worst first</h2>",
@@ -168,12 +174,12 @@ def write_report(out: Path, evaluation: Evaluation, recognizer, title: str = "sh
     return out
 
 
-def header(title: str, directory, manifest: dict, rows, evaluation: Evaluation) -> list[str]:
+def header(title: str, directory, manifest: Manifest, rows, evaluation: Evaluation) -> list[str]:
     """The title and one line on what was measured: index, model, gallery and query counts, time."""
     known, unknown = evaluation.known, evaluation.unknown
     return [f"<h1>{esc(title)}</h1>",
-            f'<p class="note">index {esc(directory)} &middot; model {esc(manifest["model_name"])} '
-            f'{esc(manifest["model_version"])} &middot; {len(rows)} gallery photos of '
+            f'<p class="note">index {esc(directory)} &middot; model {esc(manifest.model_name)} '
+            f'{esc(manifest.model_version)} &middot; {len(rows)} gallery photos of '
             f'{len(set(r.label for r in rows))} labels &middot; {len(known)} known queries'
             + (f" &middot; {len(unknown)} unknown queries" if unknown else "")
             + f' &middot; {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']

@@ -1,6 +1,6 @@
 """Search known and unknown query photos once, keeping everything open-set figures and the report need.
 
-``Recognizer.evaluate`` keeps only ranked labels; the open-set curve needs each query's top-1 score, and
+``Index.evaluate`` keeps only ranked labels; the open-set curve needs each query's top-1 score, and
 the report needs the photos and the gallery matches behind them, so this keeps the matches whole.
 """
 
@@ -17,7 +17,7 @@ from shitu.imageio import is_image_name
 from shitu.metrics import evaluate, needed_depth
 from shitu.openset import OpenSetCurve, OperatingPoint, choose_threshold, open_set_curve
 from shitu.progress import SILENT, Reporter
-from shitu.recognizer import Match, Recognizer
+from shitu.index.answers import Match
 
 REPORT_DEPTH = 10  # the report plots recall@k for k = 1..10
 
@@ -68,30 +68,31 @@ def read_unknowns(root: Path, list_file=None, reporter: Reporter = SILENT) -> li
     return items
 
 
-def score_queries(recognizer: Recognizer, items: list[GalleryItem], depth: int, what: str,
+def score_queries(index, items: list[GalleryItem], depth: int, what: str,
                   reporter: Reporter = SILENT) -> list[ScoredQuery]:
-    """Embed ``items`` and keep each one's first ``depth`` matches; unreadable photos are skipped."""
+    """Embed ``items`` and keep each one's first ``depth`` matches in ``index`` (a ``shitu.index.Index``);
+    unreadable photos are skipped."""
     scored = []
 
     def bad(_, reason):
         reporter.warn(f"skipped {reason}")
 
     with reporter.progress(len(items), f"embedding {what} queries") as bar:
-        for positions, vectors in recognizer.embedder.embed_files([item.path for item in items], on_bad=bad,
+        for positions, vectors in index.embedder.embed_files([item.path for item in items], on_bad=bad,
                                                                   on_done=lambda n: bar.advance()):
-            for position, vector, found in zip(positions, vectors, recognizer.matches(vectors, depth)):
+            for position, vector, found in zip(positions, vectors, index.matches(vectors, depth)):
                 scored.append(ScoredQuery(items[position], vector, found))
     if not scored:
         raise ShituError(f"none of the {what} query images could be read")
     return scored
 
 
-def evaluate_queries(recognizer: Recognizer, known_items: list[GalleryItem], metrics: list[str],
+def evaluate_queries(index, known_items: list[GalleryItem], metrics: list[str],
                      unknown_items: list[GalleryItem] | None = None, target_unknown_rejection: float | None = None,
                      depth: int = 1, reporter: Reporter = SILENT) -> Evaluation:
     """Retrieval metrics for the known queries, and with ``unknown_items`` the open-set curve and the
     threshold the rule picks. Known queries of labels the gallery lacks are left out, as in ``evaluate``."""
-    snapshot = recognizer.refresh()
+    snapshot = index.refresh()
     gallery_labels = [row.label for row in snapshot.rows.values()]
     in_gallery = set(gallery_labels)
     if unknown_items:
@@ -100,7 +101,7 @@ def evaluate_queries(recognizer: Recognizer, known_items: list[GalleryItem], met
             raise ShituError(f"--unknown holds photos of {len(clash)} labels the gallery has (e.g. {clash[0]!r}): "
                              f"unknown queries must be products that are not in the gallery")
     depth = max(depth, needed_depth(metrics, gallery_labels, leave_one_out=False))
-    known = score_queries(recognizer, known_items, depth, "known", reporter)
+    known = score_queries(index, known_items, depth, "known", reporter)
     ranked = [[m.label for m in query.matches] for query in known]
     result = evaluate(ranked, [query.item.label for query in known], gallery_labels, metrics)
     lone = [query for query in known if query.item.label not in in_gallery]
@@ -110,7 +111,7 @@ def evaluate_queries(recognizer: Recognizer, known_items: list[GalleryItem], met
     known = [query for query in known if query.item.label in in_gallery]
     evaluation = Evaluation(result, known, gallery_labels=gallery_labels, lone_queries=len(lone))
     if unknown_items:
-        evaluation.unknown = score_queries(recognizer, unknown_items, 1, "unknown", reporter)
+        evaluation.unknown = score_queries(index, unknown_items, 1, "unknown", reporter)
         evaluation.curve = open_set_curve([q.score for q in known], [q.correct for q in known],
                                           [q.score for q in evaluation.unknown])
         evaluation.chosen = choose_threshold(evaluation.curve, target_unknown_rejection)

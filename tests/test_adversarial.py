@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli import app
-from shitu.check import check_index
-from shitu.store import DB_NAME
+from shitu.index import Index
+from shitu.index.files import DB_NAME
 from tests.conftest import solid
 
 EXAMPLES = 25
@@ -147,7 +147,7 @@ def list_args(work: Path) -> list:
 
 
 def valid(index: Path, model: Path) -> bool:
-    return (index / DB_NAME).is_file() and check_index(index, model).ok
+    return (index / DB_NAME).is_file() and Index(index, model).check().ok
 
 
 def run_and_judge(args: list, work: Path, model: Path):

@@ -16,7 +16,8 @@ from cli import app
 from shitu.errors import BadImage, ShituError
 from shitu.gallery import read_gallery
 from shitu.imageio import load_rgb
-from shitu.store import IndexStore
+from shitu.index import Index
+from shitu.index.database import Database
 from tests.conftest import solid
 
 runner = CliRunner()
@@ -95,7 +96,7 @@ def test_build_add_and_query_survive_a_hostile_corpus(tmp_path, tiny_model):
     assert "Traceback" not in result.output
     assert_each_bad_file_named(result.stderr, bad)
     assert f"indexed {len(good)} images" in result.stderr and f"{len(bad)} unreadable skipped" in result.stderr
-    assert {r.path for r in IndexStore.open(index).all_rows()} == good
+    assert {r.path for r in Database(index).all_rows()} == good
 
     more_bad = {"more/cut.jpg": "damaged", "more/zero.png": "not an image"}
     solid(root / "more" / "ok.png", (30, 30, 200))
@@ -108,7 +109,7 @@ def test_build_add_and_query_survive_a_hostile_corpus(tmp_path, tiny_model):
     result = shitu("add", root / "more" / "cut.jpg", "--label", "more", "--index", index,
                    "--model", tiny_model)
     assert result.exit_code == 1 and "could be read" in result.stderr and "cut.jpg" in result.stderr
-    assert IndexStore.open(index).count() == len(good) + 1
+    assert Database(index).count() == len(good) + 1
 
     queries = [root / "phone" / "rotated.jpg", root / "plain" / "empty.jpg", root / "plain" / "huge.png",
                root / "Crème brûlée" / "café au lait 1.png", root / "loop" / "self.jpg"]
@@ -332,7 +333,6 @@ def tiny_filesystem(tmp_path):
 def test_a_really_full_disk_is_one_error_and_keeps_the_index(tmp_path, tiny_model, tiny_filesystem):
     import os
 
-    from shitu.check import check_index
 
     gallery, index = tmp_path / "g", tiny_filesystem / "index"
     for n in range(4):
@@ -355,7 +355,7 @@ def test_a_really_full_disk_is_one_error_and_keeps_the_index(tmp_path, tiny_mode
         assert result.stderr.startswith("error: index ") and len(result.stderr.splitlines()) == 1
         assert "No space left on device" in result.stderr or "disk is full" in result.stderr, result.stderr
         assert {p.name: p.read_bytes() for p in index.iterdir()} == before
-    assert check_index(index, tiny_model).ok
+    assert Index(index, tiny_model).check().ok
 
 
 # -- files and folders that are not what they seem (adversarial pass of 2026-12-01) ------------------
@@ -442,7 +442,7 @@ def test_a_link_back_to_the_gallery_root_makes_no_label(tmp_path, tiny_model):
     (root / "red" / "up").symlink_to("..")
     result = shitu("build-index", root, "--index", tmp_path / "i", "--model", tiny_model, "-q")
     assert result.exit_code == 0, result.output
-    assert {(r.path, r.label) for r in IndexStore.open(tmp_path / "i").all_rows()} == {
+    assert {(r.path, r.label) for r in Database(tmp_path / "i").all_rows()} == {
         ("blue/b.png", "blue"), ("red/a.png", "red")}
     assert "links back to the gallery folder" in result.stderr
 
@@ -485,7 +485,7 @@ def test_a_backslash_in_a_list_path_is_part_of_the_file_name(tmp_path, tiny_mode
     assert shitu("build-index", root, "--list", listing, "--index", index, "--model", tiny_model, "-q").exit_code == 0
     result = shitu("add", root / "red" / "x\\y.png", "--label", "red", "--index", index, "--model", tiny_model, "-q")
     assert result.exit_code == 0 and "1 unchanged" in result.stderr, result.output
-    assert IndexStore.open(index).count() == 2
+    assert Database(index).count() == 2
 
 
 def test_adding_a_non_utf8_file_by_name_is_one_error_and_changes_nothing(tmp_path, tiny_model):
@@ -501,4 +501,4 @@ def test_adding_a_non_utf8_file_by_name_is_one_error_and_changes_nothing(tmp_pat
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.splitlines() == [f"error: {root / 'red'}/k\\xff.png: the file name (or label) is not "
                                           f"valid UTF-8, which an index cannot store; rename it"]
-    assert IndexStore.open(index).count() == 2
+    assert Database(index).count() == 2

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from shitu import build as build_module
-from shitu.store import IndexStore
+from shitu.index import database as build_module
+from shitu.index.database import Database
+from shitu.index.vectors import load_faiss
 from tests.conftest import PALETTE, REPO, colour_embedding, solid
 
 runner = CliRunner()
@@ -91,23 +92,23 @@ def test_corrupt_files_are_skipped_and_counted(colour_gallery, tiny_model, tmp_p
     assert result.exit_code == 0
     assert "broken.jpg" in result.stderr and "empty.png" in result.stderr
     assert "indexed 6 images" in result.stderr and "2 unreadable skipped" in result.stderr
-    assert IndexStore.open(index).count() == 6
+    assert Database(index).count() == 6
 
 
 def test_rebuild_reembeds_only_changes_and_keeps_ids(built, colour_gallery, tiny_model):
-    before = {r.path: r.id for r in IndexStore.open(built).all_rows()}
+    before = {r.path: r.id for r in Database(built).all_rows()}
     solid(colour_gallery / "blue can" / "shot 0.jpg", (0, 0, 250), fmt="PNG")  # changed content
     (colour_gallery / "red apple" / "deeper" / "shot 1.jpg").unlink()
     solid(colour_gallery / "new label" / "n.png", (120, 120, 0))
     result = shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q")
     assert "2 embedded, 4 reused, 2 removed" in result.stderr
-    after = {r.path: r.id for r in IndexStore.open(built).all_rows()}
+    after = {r.path: r.id for r in Database(built).all_rows()}
     unchanged = set(before) & set(after) - {"blue can/shot 0.jpg"}
     assert all(before[p] == after[p] for p in unchanged) and len(unchanged) == 4
 
 
 def test_interrupted_rebuild_leaves_the_old_index(built, colour_gallery, tiny_model, monkeypatch):
-    old_rows = [(r.path, r.label) for r in IndexStore.open(built).all_rows()]
+    old_rows = [(r.path, r.label) for r in Database(built).all_rows()]
     solid(colour_gallery / "new label" / "n.png", (120, 120, 0))
 
     def crash(*_):
@@ -117,9 +118,9 @@ def test_interrupted_rebuild_leaves_the_old_index(built, colour_gallery, tiny_mo
     result = shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     monkeypatch.undo()
-    store = IndexStore.open(built, None)
+    store = Database(built)
     assert [(r.path, r.label) for r in store.all_rows()] == old_rows
-    assert store.load_faiss().ntotal == len(old_rows)
+    assert load_faiss(built, store.manifest()).ntotal == len(old_rows)
 
 
 def test_index_of_another_model_is_refused(built, other_tiny_model, tmp_path):
@@ -191,25 +192,25 @@ def test_index_types_agree_with_exact_search(colour_gallery, tiny_model, tmp_pat
     assert result.exit_code == 0, result.output
     got = json.loads(shitu("eval", "--index", index, "--model", tiny_model, "--json").stdout)
     assert got["recall@1"] == 1.0
-    assert IndexStore.open(index).manifest["index_type"] == index_type
+    assert Database(index).manifest().index_type == index_type
 
 
 def test_rebuild_never_reuses_removed_ids(built, colour_gallery, tiny_model):
-    first = {r.id for r in IndexStore.open(built).all_rows()}
+    first = {r.id for r in Database(built).all_rows()}
     assert shitu("remove", "--label", "blue can", "--index", built).exit_code == 0
     solid(colour_gallery / "new label" / "n.png", (120, 120, 0))
     result = shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q")
     assert result.exit_code == 0, result.output
-    rows = IndexStore.open(built).all_rows()
+    rows = Database(built).all_rows()
     fresh = {r.id for r in rows if r.label in ("new label", "blue can")}
     assert len(fresh) == 3 and min(fresh) > max(first)
 
 
 def test_rebuild_keeps_the_file_old_readers_use(built, colour_gallery, tiny_model):
-    old = IndexStore.open(built).manifest["faiss_file"]
+    old = Database(built).manifest().faiss_file
     (built / "vectors.7.faiss").write_bytes(b"stray file of a killed writer")
     assert shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q").exit_code == 0
-    new = IndexStore.open(built).manifest["faiss_file"]
+    new = Database(built).manifest().faiss_file
     assert new == "vectors.8.faiss" and sorted(p.name for p in built.glob("*.faiss")) == sorted({old, new})
 
 
@@ -255,7 +256,7 @@ def test_add_label_is_stored_in_nfc(built, colour_gallery, tiny_model):
     result = shitu("add", photo, "--label", unicodedata.normalize("NFD", "Crème Fraîche"), "--index", built,
                    "--model", tiny_model, "-q")
     assert result.exit_code == 0, result.output
-    assert IndexStore.open(built).label_counts()["Crème Fraîche"] == 3
+    assert Database(built).label_counts()["Crème Fraîche"] == 3
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])

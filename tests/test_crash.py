@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-from shitu.check import check_index
-from shitu.store import DB_NAME, IndexStore
+from shitu.index import Index
+from shitu.index.database import Database
+from shitu.index.files import DB_NAME
 from tests.conftest import REPO, solid
 
 SEED = 20240605
@@ -77,9 +78,9 @@ def gallery_state(root):
 
 
 def index_state(index):
-    store = IndexStore.open(index)
+    store = Database(index)
     state = {(r.path, r.sha256) for r in store.all_rows()}
-    store.db.close()
+    store.close()
     return state
 
 
@@ -137,7 +138,7 @@ def check_round(index, model, old, new):
     if not (index / DB_NAME).exists():
         assert old is None, "an index that existed has disappeared"
         return None
-    report = check_index(index, model)
+    report = Index(index, model).check()
     assert report.ok, report.problems
     state = index_state(index)
     assert state in (old, new), f"mixed state: {len(state - (old or set()))} rows not in the old state"
@@ -231,4 +232,4 @@ def test_hot_journal_of_a_killed_writer_never_reaches_a_rebuilt_database(crash_g
             assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
             assert conn.execute("select count(*) from manifest where key like 'junk%'").fetchone() == (0,)
         conn.close()
-        assert check_index(index, tiny_model).ok
+        assert Index(index, tiny_model).check().ok

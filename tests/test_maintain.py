@@ -10,7 +10,10 @@ from typer.testing import CliRunner
 
 from cli import app
 from shitu.errors import ShituError
-from shitu.store import DB_NAME, IndexStore, read_snapshot, write_faiss_file, write_lock
+from shitu.index.database import Database
+from shitu.index.files import DB_NAME, write_lock
+from shitu.index.folder import FolderStorage
+from shitu.index.vectors import load_faiss, write_faiss_file
 from shitu.embed import set_shitu_metadata
 from tests.conftest import colour_embedding, solid, write_mean_colour_model
 
@@ -37,8 +40,7 @@ def built(colour_gallery, tiny_model, tmp_path):
 
 def rows(index):
     """{path: (id, label, sha256)} as stored."""
-    store = IndexStore.open(index)
-    return {r.path: (r.id, r.label, r.sha256) for r in store.all_rows()}
+    return {r.path: (r.id, r.label, r.sha256) for r in Database(index).all_rows()}
 
 
 def snapshot(index):
@@ -54,7 +56,7 @@ def set_manifest(index, key, value):
 
 def point_manifest_at(index, faiss_index):
     """Install ``faiss_index`` as a new generation, the way a buggy writer would."""
-    generation = IndexStore.open(index).manifest["generation"] + 1
+    generation = Database(index).manifest().generation + 1
     set_manifest(index, "faiss_file", write_faiss_file(index, faiss_index, generation))
     set_manifest(index, "generation", generation)
 
@@ -101,10 +103,10 @@ def test_changed_file_is_replaced_unchanged_is_a_no_op(built, colour_gallery, ti
     new_id, _, new_sha = after["blue can/shot 0.jpg"]
     assert new_sha != before["blue can/shot 0.jpg"][2] and new_id > max(i for i, _, _ in before.values())
     assert all(after[p] == before[p] for p in before if p != "blue can/shot 0.jpg")  # ids stable
-    store = IndexStore.open(built)
+    store = Database(built)
     ids, vectors = store.all_vectors()
     assert np.allclose(vectors[list(ids).index(new_id)], colour_embedding((0, 0, 250)), atol=2e-3)
-    assert store.load_faiss().ntotal == 6
+    assert load_faiss(built, store.manifest()).ntotal == 6
 
     files = snapshot(built)
     result = shitu("add", target, "--label", "blue can", "--index", built, "--model", tiny_model, "-q")
@@ -157,13 +159,12 @@ def test_remove_by_label_and_path(colour_gallery, tiny_model, tmp_path, index_ty
     result = shitu("add", changed, "--label", "yellow box", "--index", index, "--model", tiny_model, "-q")
     assert result.exit_code == 0 and "1 changed ones replaced" in result.stderr
 
-    store = IndexStore.open(index)
-    ids, vectors = store.all_vectors()
+    ids, vectors = Database(index).all_vectors()
     removed = {before[p][0] for p in gone} | {before["yellow box/p.png"][0]}
     queries = np.random.default_rng(7).normal(size=(20, 3)).astype(np.float32)
     queries = np.vstack([queries / np.linalg.norm(queries, axis=1, keepdims=True),
                          [colour_embedding(rgb) for rgb in [(20, 40, 220), (220, 30, 30), *EXTRA.values()]]])
-    scores, found = read_snapshot(index).search(queries.astype(np.float32), 3)
+    scores, found = FolderStorage(index).read().search(queries.astype(np.float32), 3)
     exact = queries @ vectors.T
     order = np.argsort(-exact, axis=1)[:, :3]
     assert not removed & set(found.ravel().tolist())
@@ -214,7 +215,7 @@ def test_check_of_a_good_index(built, tiny_model):
 
 
 def test_missing_faiss_file_found_and_repaired(built, tiny_model, tmp_path):
-    (built / IndexStore.open(built).manifest["faiss_file"]).unlink()
+    (built / Database(built).manifest().faiss_file).unlink()
     code, report = check(built, "--model", tiny_model)
     assert code == 1 and any("is missing" in p for p in report["problems"])
     photo = solid(tmp_path / "q.png", (220, 30, 30))
@@ -226,18 +227,17 @@ def test_missing_faiss_file_found_and_repaired(built, tiny_model, tmp_path):
 
 
 def test_row_without_faiss_vector_found_and_repaired(built, colour_gallery, tiny_model):
-    store = IndexStore.open(built)
-    index = store.load_faiss()
+    index = load_faiss(built, Database(built).manifest())
     index.remove_ids(np.array([3], dtype=np.int64))
     point_manifest_at(built, index)
     code, report = check(built, "--model", tiny_model)
-    live = IndexStore.open(built).manifest["faiss_file"]
+    live = Database(built).manifest().faiss_file
     assert code == 1 and report["problems"] == [f"1 rows have no vector in {live} (ids 3)"]
     new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
     result = shitu("add", new, "--label", "green tea", "--index", built, "--model", tiny_model, "-q")
     assert result.exit_code == 1 and "out of step" in result.stderr
     code, report = check(built, "--model", tiny_model, "--repair")
-    assert code == 0 and IndexStore.open(built).load_faiss().ntotal == 6
+    assert code == 0 and load_faiss(built, Database(built).manifest()).ntotal == 6
 
 
 def test_bad_stored_vectors_and_manifest_counts(built, tiny_model):
@@ -284,7 +284,7 @@ def test_model_mismatch_is_found_but_not_repairable(built, other_tiny_model):
 
 
 def test_leftover_files_are_noted_and_repair_removes_them(built, tiny_model):
-    live = IndexStore.open(built).manifest["faiss_file"]
+    live = Database(built).manifest().faiss_file
     leftovers = ["vectors.99.faiss", ".vectors.100.faiss.tmp", ".gallery.db.tmp"]
     for name in leftovers:
         (built / name).write_bytes((built / live).read_bytes())
@@ -322,7 +322,7 @@ def test_unknown_format_version_is_refused(built, colour_gallery, tiny_model):
 
 
 def test_damaged_faiss_file_is_refused_until_repaired(built, colour_gallery, tiny_model):
-    (built / IndexStore.open(built).manifest["faiss_file"]).write_bytes(b"garbage" * 100)
+    (built / Database(built).manifest().faiss_file).write_bytes(b"garbage" * 100)
     files = snapshot(built)
     new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
     for args in (["add", new, "--label", "green tea", "--model", tiny_model],
@@ -333,21 +333,22 @@ def test_damaged_faiss_file_is_refused_until_repaired(built, colour_gallery, tin
     assert snapshot(built) == files
     assert check(built, "--model", tiny_model, "--repair")[0] == 0
     result = shitu("add", new, "--label", "green tea", "--index", built, "--model", tiny_model, "-q")
-    assert result.exit_code == 0 and IndexStore.open(built).load_faiss().ntotal == 7
+    assert result.exit_code == 0 and load_faiss(built, Database(built).manifest()).ntotal == 7
 
 
 def test_reader_keeps_its_generation_while_a_writer_commits(built, colour_gallery, tiny_model):
-    reader = IndexStore.open(built)  # has read the manifest, not yet the FAISS file
+    reader = Database(built)  # has read the manifest, not yet the FAISS file
+    manifest = reader.manifest()
     new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
     assert shitu("add", new, "--label", "green tea", "--index", built, "--model", tiny_model).exit_code == 0
-    assert reader.load_faiss().ntotal == 6 and len(reader.rows(range(1, 7))) == 6
+    assert load_faiss(built, manifest).ntotal == 6 and len(reader.rows(range(1, 7))) == 6
     assert shitu("remove", "--label", "green tea", "--index", built).exit_code == 0
     names = sorted(p.name for p in built.glob("vectors.*.faiss"))
     assert names == ["vectors.2.faiss", "vectors.3.faiss"]  # older than the previous generation: deleted
 
 
 def test_reader_stops_when_the_database_was_rebuilt_under_it(built, colour_gallery, tiny_model):
-    reader = IndexStore.open(built)
+    reader = Database(built)
     build(colour_gallery, built, tiny_model)  # renames a new gallery.db over the one the reader has open
     with pytest.raises(ShituError, match="rebuilt while this command was reading"):
         reader.rows([1])
@@ -406,7 +407,7 @@ def write_live_faiss(index, faiss_index):
     """Overwrite the live FAISS file in place, as damage or a careless tool would."""
     import faiss
 
-    faiss.write_index(faiss_index, str(index / IndexStore.open(index).manifest["faiss_file"]))
+    faiss.write_index(faiss_index, str(index / Database(index).manifest().faiss_file))
 
 
 def test_faiss_file_of_the_wrong_dimension_is_refused_before_anything_is_written(built, tiny_model, tmp_path):
@@ -430,7 +431,7 @@ def test_faiss_file_of_the_wrong_dimension_is_refused_before_anything_is_written
 def test_faiss_file_without_its_id_map_never_answers(built, tiny_model, tmp_path):
     import faiss
 
-    ids, vectors = IndexStore.open(built).all_vectors()
+    ids, vectors = Database(built).all_vectors()
     plain = faiss.IndexFlatIP(3)
     plain.add(vectors)  # the same vectors, but FAISS would answer with positions, not ids
     write_live_faiss(built, plain)
@@ -442,7 +443,7 @@ def test_faiss_file_without_its_id_map_never_answers(built, tiny_model, tmp_path
 
 
 def test_faiss_file_out_of_step_with_the_rows_is_refused_by_readers(built, tiny_model, tmp_path):
-    index = IndexStore.open(built).load_faiss()
+    index = load_faiss(built, Database(built).manifest())
     index.remove_ids(np.array([2], dtype=np.int64))
     write_live_faiss(built, index)
     photo = solid(tmp_path / "q.png", (220, 30, 30))
@@ -465,7 +466,7 @@ def test_map_at_r_works_on_an_ivf_index_that_returns_fewer_than_r_neighbours(col
         solid(colour_gallery / "green tea" / f"{n}.png", (20, 150 + 10 * n, 30 + 5 * n))
     index = build(colour_gallery, tmp_path / "ivf", tiny_model, "IVF4,Flat")
     set_manifest(index, "nprobe", 1)  # one list of four searched: fewer than R neighbours come back
-    _, ids = read_snapshot(index).search(np.float32([colour_embedding((220, 30, 30))]), 12)
+    _, ids = FolderStorage(index).read().search(np.float32([colour_embedding((220, 30, 30))]), 12)
     assert (ids == -1).any()
     for extra in ([], ["--queries", colour_gallery]):
         result = shitu("eval", "--index", index, "--model", tiny_model, "--metric", "map@r", "--metric",
@@ -488,7 +489,7 @@ def test_map_at_r_on_an_empty_index_is_one_error(built, colour_gallery, tiny_mod
 HOLDER = """
 import sys, time
 from pathlib import Path
-from shitu.store import write_lock
+from shitu.index.files import write_lock
 with write_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.readline()
@@ -617,15 +618,14 @@ def damage_ways(monkeypatch):
     """Ways a write fails on a full disk, each installed by a function of its own."""
     import faiss
 
-    import shitu.build
-    import shitu.maintain
-    import shitu.store
+    import shitu.index.database
+    import shitu.index.vectors
 
     return {"faiss write error": lambda: monkeypatch.setattr(faiss, "write_index", faiss_write_error),
-            "ENOSPC on fsync": lambda: monkeypatch.setattr(shitu.store, "fsync_path", enospc),
-            "ENOSPC on rename": lambda: monkeypatch.setattr(shitu.store.os, "replace", enospc),
-            "sqlite full in a rebuild": lambda: monkeypatch.setattr(shitu.build, "vector_blob", sqlite_full),
-            "sqlite full in place": lambda: monkeypatch.setattr(shitu.maintain, "apply_change", sqlite_full)}
+            "ENOSPC on fsync": lambda: monkeypatch.setattr(shitu.index.vectors, "fsync_path", enospc),
+            "ENOSPC on rename": lambda: monkeypatch.setattr(shitu.index.vectors.os, "replace", enospc),
+            "sqlite full in a rebuild": lambda: monkeypatch.setattr(shitu.index.database, "vector_blob", sqlite_full),
+            "sqlite full in place": lambda: monkeypatch.setattr(shitu.index.database, "apply_change", sqlite_full)}
 
 
 FAILING = {  # the commands each way of failing reaches
@@ -648,7 +648,7 @@ def test_full_disk_in_build_add_remove_and_repair_is_one_error_and_keeps_the_ind
         if name not in FAILING[way]:
             continue
         if name == "repair":  # give it something to repair
-            (built / IndexStore.open(built).manifest["faiss_file"]).unlink()
+            (built / Database(built).manifest().faiss_file).unlink()
         files = snapshot(built)
         with monkeypatch.context() as patched:
             damage_ways(patched)[way]()
@@ -665,7 +665,7 @@ def test_full_disk_in_build_add_remove_and_repair_is_one_error_and_keeps_the_ind
 def test_faiss_ids_that_name_no_row_are_refused_not_looked_up(built, colour_gallery, tiny_model, tmp_path):
     import faiss
 
-    ids, vectors = IndexStore.open(built).all_vectors()
+    ids, vectors = Database(built).all_vectors()
     shifted = faiss.IndexIDMap2(faiss.IndexFlatIP(3))
     shifted.add_with_ids(vectors, ids + 1000)  # as many vectors as rows, under ids no row has
     write_live_faiss(built, shifted)

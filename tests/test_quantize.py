@@ -17,13 +17,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from cli import app  # noqa: E402
-from shitu.build import build_index  # noqa: E402
 from shitu.embed import Embedder, set_shitu_metadata  # noqa: E402
 from shitu.errors import ShituError  # noqa: E402
 from shitu.gallery import GalleryItem, read_gallery  # noqa: E402
 from shitu.train.export import Normalized, export_onnx  # noqa: E402
 from shitu.quantize import integer_hard_sigmoid, pick_calibration, quantize_model  # noqa: E402
-from shitu.store import IndexStore  # noqa: E402
+from shitu.index import Index  # noqa: E402
+from shitu.index.folder import FolderStorage  # noqa: E402
 from shitu.train.config import TrainConfig  # noqa: E402
 from shitu.train.checkpoint import build_model  # noqa: E402
 from tests.conftest import MEAN, REPO, STD, Recorder  # noqa: E402
@@ -149,9 +149,9 @@ def test_trained_network_embeddings_stay_close(tmp_path):
 
 @pytest.mark.slow
 def test_index_of_the_fp32_model_is_refused_for_the_int8_one(fp32_model, int8_model, tmp_path):
-    build_index(read_gallery(DEMO), tmp_path / "index", Embedder(fp32_model))
+    Index(tmp_path / "index", fp32_model).build(read_gallery(DEMO))
     with pytest.raises(ShituError, match="epoch5-int8"):
-        IndexStore.open(tmp_path / "index", Embedder(int8_model).info)
+        FolderStorage(tmp_path / "index").open(Embedder(int8_model).info)
 
 
 @pytest.mark.slow
