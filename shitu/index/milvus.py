@@ -47,6 +47,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from shitu.errors import ShituError
+from shitu.index.storage import Change, Row
 
 FORMAT_VERSION = 1
 MANIFEST_KEY = "shitu.manifest"
@@ -83,6 +84,7 @@ MANIFEST_TYPES = {"format_version": int, "model_name": str, "model_version": str
 OPTIONAL_TYPES = {"input_size": int, "ef_search": int, "nprobe": int, "gallery_root": str, "model_path": str}
 
 _client_lock = threading.Lock()
+_lite_users: Counter = Counter()  # open stores per Milvus Lite folder: they share one in-process server
 
 
 # -- the URL ----------------------------------------------------------------------------------------
@@ -195,7 +197,10 @@ def connect(url: MilvusURL, create: bool = False):
         require_lite_folder(url, create)
     try:
         with _client_lock:
-            return pymilvus.MilvusClient(uri=url.uri, token=url.token, timeout=CONNECT_TIMEOUT)
+            client = pymilvus.MilvusClient(uri=url.uri, token=url.token, timeout=CONNECT_TIMEOUT)
+            if url.lite:
+                _lite_users[str(url.lite_path)] += 1
+            return client
     except pymilvus.exceptions.MilvusException as exc:
         if url.lite:
             if lite_in_use(url.lite_path):
@@ -236,12 +241,17 @@ def lite_in_use(path: Path) -> bool:
 
 
 def release(url: MilvusURL, client):
-    """Close the client and, for Milvus Lite, stop its in-process server so the folder's lock is freed."""
+    """Close the client and, for Milvus Lite, stop its in-process server when no other store of this
+    process uses it, so the folder's lock is freed for other processes."""
     try:
         client.close()
     except Exception:  # noqa: BLE001 - closing a broken connection has nothing left to report
         pass
     if url.lite:
+        with _client_lock:
+            _lite_users[str(url.lite_path)] -= 1
+            if _lite_users[str(url.lite_path)] > 0:
+                return
         try:
             from milvus_lite.server_manager import server_manager_instance
         except ImportError:
@@ -260,14 +270,11 @@ def no_gallery(url: MilvusURL) -> ShituError:
 
 
 # -- rows -------------------------------------------------------------------------------------------
-@dataclass
-class Row:
-    """One gallery image as stored."""
-
-    id: int
-    path: str
-    label: str
-    sha256: str
+def record(row) -> dict:
+    """A row as a dict of its fields: rows come as the seam's ``Row`` objects or as plain dicts."""
+    if isinstance(row, dict):
+        return row
+    return {"id": row.id, "path": row.path, "label": row.label, "sha256": row.sha256, "vector": row.vector}
 
 
 ROW_FIELDS = ["id", "path", "label", "sha256"]
@@ -286,9 +293,9 @@ def literal(text: str) -> str | None:
     return '"' + escaped.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r") + '"'
 
 
-def require_storable(rows: list[dict], url: MilvusURL):
+def require_storable(rows: list, url: MilvusURL):
     """Refuse labels and paths longer than the schema's VARCHAR limits before anything is written."""
-    for row in rows:
+    for row in map(record, rows):
         for key, limit in (("label", LABEL_BYTES), ("path", PATH_BYTES)):
             if len(row[key].encode("utf-8")) > limit:
                 raise ShituError(f"{key} {row[key][:60]!r}... is longer than {limit} bytes, the most a "
@@ -493,7 +500,7 @@ class MilvusStore:
         floor = self.manifest_of(live)["generation"] if live and has_manifest(self, live) else 0
         generation = max([floor, *self.generations()]) + 1
         name = self.generation_name(generation)
-        manifest = {**manifest, "format_version": FORMAT_VERSION, "generation": generation,
+        manifest = {**manifest, "format_version": FORMAT_VERSION, "generation": generation, "faiss_file": name,
                     "store": "milvus", "metric": "inner_product", "updated_at": now()}
         validate_manifest(manifest, f"gallery {self.url}")
         self.create_collection(name, manifest, len(rows))
@@ -537,7 +544,7 @@ class MilvusStore:
         self.call("load_collection", name)
 
     def insert_rows(self, collection: str, rows: list[dict], method: str = "insert"):
-        stamp = now()
+        stamp, rows = now(), [record(r) for r in rows]
         for start in range(0, len(rows), BATCH):
             batch = [{"id": int(r["id"]), "vector": np.asarray(r["vector"], dtype=np.float32), "label": r["label"],
                       "path": r["path"], "sha256": r["sha256"], "added_at": r.get("added_at") or stamp}
@@ -566,15 +573,6 @@ class MilvusStore:
         match = GENERATION.match(live)
         older = [n for n in self.generations() if match and n < int(match["n"])]
         return self.generation_name(max(older)) if older else None
-
-
-@dataclass
-class Change:
-    """What one change in place does (the same shape as ``shitu.maintain.Change``)."""
-
-    delete_ids: list[int] = field(default_factory=list)
-    new_rows: list[dict] = field(default_factory=list)
-    relabel: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -721,7 +719,7 @@ class MilvusSnapshot:
     def apply(self, change: Change) -> dict:
         """Apply ``change`` by the recoverable protocol of the module docstring; returns the new manifest."""
         self.stage(change)
-        return self.publish(change, max([int(self.manifest["next_id"])] + [int(r["id"]) + 1
+        return self.publish(change, max([int(self.manifest["next_id"])] + [int(record(r)["id"]) + 1
                                                                           for r in change.new_rows]))
 
     def stage(self, change: Change) -> list[int]:
@@ -730,11 +728,11 @@ class MilvusSnapshot:
         require_storable(change.new_rows, self.store.url)
         self.require_unchanged()
         floor = int(self.manifest["next_id"])
-        if any(int(r["id"]) < floor for r in change.new_rows):
+        if any(int(record(r)["id"]) < floor for r in change.new_rows):
             raise ShituError(f"{self.where}: new rows must take ids from {floor} on (ids are never reused)")
         self._before = self.labels_touched(change)
         self.store.insert_rows(self.collection, change.new_rows, method="upsert")
-        return [int(r["id"]) for r in change.new_rows]
+        return [int(record(r)["id"]) for r in change.new_rows]
 
     def abandon(self, staged_ids: list[int]):
         self.delete(staged_ids)
@@ -742,7 +740,7 @@ class MilvusSnapshot:
     def labels_touched(self, change: Change) -> dict[str, bool]:
         """Whether each label the change touches exists before it: how ``publish`` counts labels."""
         old = self.rows(list(change.delete_ids) + [int(i) for i in change.relabel])
-        touched = {r["label"] for r in change.new_rows} | set(change.relabel.values()) | \
+        touched = {record(r)["label"] for r in change.new_rows} | set(change.relabel.values()) | \
             {row.label for row in old.values()}
         return {label: self.has("label", label) for label in touched}
 
