@@ -104,7 +104,8 @@ def build_index(
     store: Optional[str] = STORE,
     model: Optional[Path] = MODEL,
     index_type: str = typer.Option("auto", "--index-type", help="FAISS factory string (Flat, HNSW32, "
-                                   "IVF1024,Flat) or auto."),
+                                   "IVF1024,Flat), with --store a Milvus index type (FLAT, HNSW, IVF_FLAT, "
+                                   "DISKANN...), or auto."),
     list_file: Optional[List[Path]] = typer.Option(None, "--list", help="List file of 'path<TAB>label' "
                                                    "lines, paths relative to GALLERY; repeatable."),
     quiet: bool = QUIET,
