@@ -25,7 +25,7 @@ import numpy as np
 
 from shitu.embed import ModelInfo
 from shitu.errors import ShituError
-from shitu.index import milvus
+import shitu.index.milvus as milvus
 from shitu.index.manifest import Manifest
 from shitu.index.snapshot import Snapshot
 from shitu.index.storage import Change, Row
