@@ -71,7 +71,7 @@ class LitePeer:
     """One collection in its own Milvus Lite folder, built from a ``search.Mixture``."""
 
     def __init__(self, config: LiteConfig, dimension: int):
-        from shitu.index.milvus import pymilvus_module
+        from shitu.index.milvus_url import pymilvus_module
 
         self.pymilvus = pymilvus_module()  # also quiets its error log
         logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)

@@ -6,7 +6,6 @@ killing a child process (SIGKILL) or by failing a call at a chosen step.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,8 +17,9 @@ import numpy as np
 import pytest
 
 from shitu.errors import ShituError
-from shitu.index import milvus
-from shitu.index.milvus import Change, MilvusStore, parse_url
+from shitu.index import milvus, milvus_check, milvus_url
+from shitu.index.milvus import Change, MilvusStore
+from shitu.index.milvus_url import parse_url
 
 try:
     import milvus_lite  # noqa: F401
@@ -103,8 +103,8 @@ def test_bad_urls_are_one_clear_error(text, says):
 
 
 def test_is_milvus_url():
-    assert milvus.is_milvus_url("milvus://h/c") and milvus.is_milvus_url("milvus-lite:a.db")
-    assert not milvus.is_milvus_url("index") and not milvus.is_milvus_url(Path("milvus://h/c"))
+    assert milvus_url.is_milvus_url("milvus://h/c") and milvus_url.is_milvus_url("milvus-lite:a.db")
+    assert not milvus_url.is_milvus_url("index") and not milvus_url.is_milvus_url(Path("milvus://h/c"))
 
 
 # -- opening ----------------------------------------------------------------------------------------
@@ -333,9 +333,9 @@ def test_an_interrupted_build_leaves_the_old_generation_serving(built, url, step
         snapshot = again.snapshot(FakeModel())
         assert snapshot.collection == "gallery__g1" and snapshot.count() == 60
         assert snapshot.search(vectors[:1], 1)[0][0][1].id == 1
-        findings = milvus.inspect(again, FakeModel())
+        findings = milvus_check.inspect(again, FakeModel())
         assert findings.problems == [] and findings.leftovers == ["gallery__g2"]
-        assert milvus.repair(again, findings) == ["dropped leftover collection gallery__g2"]
+        assert milvus_check.repair(again, findings) == ["dropped leftover collection gallery__g2"]
         assert sorted(again.generations()) == [1]
 
 
@@ -358,12 +358,12 @@ def test_an_add_cut_short_before_its_record_is_rolled_back(built, monkeypatch):
            for n in range(3)]
     with pytest.raises(Stop):
         snapshot.apply(Change(new_rows=new, delete_ids=[1]))
-    findings = milvus.inspect(store, FakeModel())
+    findings = milvus_check.inspect(store, FakeModel())
     assert any("3 rows above next_id 61" in message and fixable for message, fixable in findings.problems)
-    done = milvus.repair(store, findings)
+    done = milvus_check.repair(store, findings)
     assert done[0].startswith("deleted 3 rows an interrupted add left")
     again = store.snapshot()
-    assert again.count() == 60 and 1 in again.rows([1]) and milvus.inspect(store, FakeModel()).problems == []
+    assert again.count() == 60 and 1 in again.rows([1]) and milvus_check.inspect(store, FakeModel()).problems == []
 
 
 def test_a_change_cut_short_after_its_record_is_finished(built, monkeypatch):
@@ -373,7 +373,7 @@ def test_a_change_cut_short_after_its_record_is_finished(built, monkeypatch):
     new = [{"id": 61, "path": "bread/0.jpg", "label": "bread", "sha256": "", "vector": vectors[0]}]
     with pytest.raises(Stop):
         snapshot.apply(Change(new_rows=new, delete_ids=[2], relabel={3: "tea"}))
-    problems = milvus.inspect(store, FakeModel()).problems
+    problems = milvus_check.inspect(store, FakeModel()).problems
     assert any("interrupted change is pending (1 deletes, 1 relabels)" in message for message, _ in problems)
     assert store.snapshot().recover() == ["finished an interrupted change (1 deletes, 1 relabels)"]
     with pytest.raises(ShituError, match="changed by another process"):
@@ -381,7 +381,7 @@ def test_a_change_cut_short_after_its_record_is_finished(built, monkeypatch):
     again = store.snapshot()
     assert again.count() == 60 and 2 not in again.rows([2]) and again.rows([3])[3].label == "tea"
     assert (again.manifest["count"], again.manifest["labels"], "pending" in again.manifest) == (60, 4, False)
-    assert milvus.inspect(store, FakeModel()).problems == []
+    assert milvus_check.inspect(store, FakeModel()).problems == []
 
 
 def test_check_finds_duplicate_paths_bad_vectors_and_wrong_counts(built):
@@ -391,13 +391,13 @@ def test_check_finds_duplicate_paths_bad_vectors_and_wrong_counts(built):
     nan = {"id": 71, "path": "odd/nan.jpg", "label": "odd", "sha256": "", "vector": np.full(DIM, np.nan)}
     store.insert_rows(snapshot.collection, [twin, nan], method="upsert")
     snapshot.commit({"next_id": 72})
-    problems = [message for message, _ in milvus.inspect(store, FakeModel()).problems]
+    problems = [message for message, _ in milvus_check.inspect(store, FakeModel()).problems]
     assert any("manifest says 60 images of 3 labels, the collection holds 62 of 4" in p for p in problems)
     assert any("1 paths are stored more than once (ids 1, 70)" in p for p in problems)
     assert any("1 stored vectors are not unit length (ids 71)" in p for p in problems)
-    done = milvus.repair(store, milvus.inspect(store, FakeModel()))
+    done = milvus_check.repair(store, milvus_check.inspect(store, FakeModel()))
     assert any("deleted 1 older rows of paths stored twice (ids 1)" in d for d in done)
-    problems = [message for message, _ in milvus.inspect(store, FakeModel()).problems]
+    problems = [message for message, _ in milvus_check.inspect(store, FakeModel()).problems]
     assert problems == ["1 stored vectors are not unit length (ids 71); remove those files and add them "
                         "again, or rebuild with 'shitu build-index'"]
 
@@ -407,15 +407,15 @@ def test_a_missing_alias_is_repaired_to_the_newest_complete_generation(built):
     store.client.drop_alias("gallery")
     with pytest.raises(ShituError, match="no gallery"):
         store.snapshot()
-    findings = milvus.inspect(store)
+    findings = milvus_check.inspect(store)
     assert findings.orphan == "gallery__g1"
-    assert milvus.repair(store, findings)[0] == "pointed alias gallery at gallery__g1"
+    assert milvus_check.repair(store, findings)[0] == "pointed alias gallery at gallery__g1"
     assert store.snapshot().count() == 60
 
 
 def test_check_notes_an_unchecked_model(built):
     store, _ = built
-    assert milvus.inspect(store).notes == ["model not checked: no model given"]
+    assert milvus_check.inspect(store).notes == ["model not checked: no model given"]
 
 
 def test_check_finds_an_index_with_another_metric(built):
@@ -426,7 +426,7 @@ def test_check_finds_an_index_with_another_metric(built):
     params = store.client.prepare_index_params()
     params.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
     store.client.create_index(live, params, sync=False)
-    problems = [message for message, _ in milvus.inspect(store, FakeModel()).problems]
+    problems = [message for message, _ in milvus_check.inspect(store, FakeModel()).problems]
     assert problems == ["gallery__g1's vector index uses metric 'L2', not inner product; rebuild it with "
                         "'shitu build-index'"]
 

@@ -26,7 +26,7 @@ from shitu.index.check import CheckReport, check_index
 from shitu.index.edit import AddReport, RemoveReport, add_images, check_add_request, remove_images
 from shitu.index.folder import FolderStorage
 from shitu.index.info import index_info
-from shitu.index.milvus import is_milvus_url
+from shitu.index.milvus_url import is_milvus_url
 from shitu.index.milvus_storage import MilvusStorage, check_gallery, gallery_info
 from shitu.index.snapshot import Snapshot
 from shitu.index.storage import Row, Storage

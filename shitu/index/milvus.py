@@ -30,32 +30,21 @@ proves the protocol and the semantics above, not a distributed deployment's spee
 
 from __future__ import annotations
 
-import fcntl
 import json
-import logging
 import math
-import os
-import re
-import threading
-import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from shitu.errors import ShituError
+from shitu.index.milvus_url import GENERATION, MilvusURL, connect, explain, no_gallery, parse_url, pymilvus_module, release
 from shitu.index.storage import Change, Row
 
 FORMAT_VERSION = 1
 MANIFEST_KEY = "shitu.manifest"
-GENERATION = re.compile(r"^(?P<alias>.+)__g(?P<n>[0-9]+)$")
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-NAME_LIMIT = 200  # Milvus allows 255 characters; the generation suffix needs the rest
-DEFAULT_LITE_COLLECTION = "gallery"
-DEFAULT_PORT = 19530
 LABEL_BYTES, PATH_BYTES = 4096, 65535  # VARCHAR limits (Milvus counts bytes; 65535 is its maximum)
 BATCH = 2000  # rows per insert call: ~4.5 MB of 512-d vectors, far below gRPC's 64 MB message limit
 ID_CHUNK = 1000  # ids per "id in [...]" expression
@@ -63,7 +52,6 @@ PENDING_LIMIT = 20_000  # ids one pending record may hold (it lives in a collect
 NORM_TOLERANCE = 1e-3
 SHOWN_IDS = 10
 MAX_TOPK = 16384  # Milvus's limit on k
-CONNECT_TIMEOUT = 10.0
 
 # Index choice, from bench/search.py's Milvus Lite peer (2 shared cores, gallery-shaped vectors; the
 # README's "More than one machine"). At 10 000 vectors FLAT took 15.8 ms a query, HNSW 5.8 ms: exact
@@ -83,190 +71,6 @@ MANIFEST_TYPES = {"format_version": int, "model_name": str, "model_version": str
                   "next_id": int}
 OPTIONAL_TYPES = {"input_size": int, "ef_search": int, "nprobe": int, "gallery_root": str, "model_path": str}
 
-_client_lock = threading.Lock()
-_lite_users: Counter = Counter()  # open stores per Milvus Lite folder: they share one in-process server
-
-
-# -- the URL ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MilvusURL:
-    """Where a gallery lives: a Milvus server's address or a Milvus Lite folder, and the alias name."""
-
-    text: str
-    collection: str
-    lite_path: Path | None = None  # milvus-lite:PATH.db
-    host: str = ""
-    port: int = DEFAULT_PORT
-    token: str = ""  # user:password for a server with authentication
-
-    @property
-    def lite(self) -> bool:
-        return self.lite_path is not None
-
-    @property
-    def uri(self) -> str:
-        """What ``pymilvus.MilvusClient`` takes."""
-        return str(self.lite_path) if self.lite else f"http://{self.host}:{self.port}"
-
-    def __str__(self) -> str:  # never shows a password
-        if self.lite:
-            return f"milvus-lite:{self.lite_path}/{self.collection}"
-        return f"milvus://{self.host}:{self.port}/{self.collection}"
-
-
-def is_milvus_url(text: str | os.PathLike) -> bool:
-    """Whether a ``--store`` value names Milvus rather than an index folder."""
-    return isinstance(text, str) and text.startswith(("milvus://", "milvus-lite:"))
-
-
-def parse_url(text: str) -> MilvusURL:
-    """``milvus://[USER:PASSWORD@]HOST[:PORT]/COLLECTION`` or ``milvus-lite:PATH.db[/COLLECTION]``.
-
-    Milvus Lite keeps a database in a folder whose name ends in ``.db`` (pymilvus's convention), so the
-    first ``.db`` that ends a path component ends the path; what follows is the collection.
-    """
-    if text.startswith("milvus-lite:"):
-        return parse_lite(text)
-    if text.startswith("milvus://"):
-        return parse_server(text)
-    raise ShituError(f"--store {text!r}: expected milvus://HOST:PORT/COLLECTION or milvus-lite:PATH.db"
-                     f"[/COLLECTION]")
-
-
-def parse_lite(text: str) -> MilvusURL:
-    rest = text[len("milvus-lite:"):]
-    match = re.fullmatch(r"(?P<path>.*?[^/]\.db)(?:/(?P<name>[^/]+))?/?", rest)
-    if not match:
-        raise ShituError(f"--store {text!r}: Milvus Lite needs a path ending in .db, as in "
-                         f"milvus-lite:galleries/shop.db or milvus-lite:galleries/shop.db/COLLECTION")
-    name = match["name"] or DEFAULT_LITE_COLLECTION
-    require_name(name, text)
-    return MilvusURL(text, name, lite_path=Path(os.path.abspath(os.path.expanduser(match["path"]))))
-
-
-def parse_server(text: str) -> MilvusURL:
-    parts = urllib.parse.urlsplit(text)
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ShituError(f"--store {text!r}: the port is not a number from 1 to 65535") from None
-    if not parts.hostname:
-        raise ShituError(f"--store {text!r}: no host; expected milvus://HOST:PORT/COLLECTION")
-    if parts.query or parts.fragment:
-        raise ShituError(f"--store {text!r}: a Milvus URL takes no ?query or #fragment")
-    name = parts.path.strip("/")
-    if not name:
-        raise ShituError(f"--store {text!r}: no collection; expected milvus://{parts.hostname}:{port}/COLLECTION")
-    require_name(name, text)
-    token = ""
-    if parts.username is not None:
-        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-    return MilvusURL(text, name, host=parts.hostname, port=port, token=token)
-
-
-def require_name(name: str, text: str):
-    if not NAME.fullmatch(name) or len(name) > NAME_LIMIT or GENERATION.match(name):
-        raise ShituError(f"--store {text!r}: collection name {name!r} must start with a letter or '_', hold "
-                         f"only letters, digits and '_', be at most {NAME_LIMIT} characters and not end in "
-                         f"'__g' and a number")
-
-
-# -- connecting -------------------------------------------------------------------------------------
-def pymilvus_module():
-    """pymilvus, with its error log (a traceback per failed call) turned off: shitu explains failures.
-
-    gRPC's own log is silenced too: Milvus Lite's in-process server answers pymilvus's keepalive pings
-    with "too_many_pings" and gRPC prints each reconnection to stderr.
-    """
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    try:
-        import pymilvus
-    except ImportError:
-        raise ShituError("a Milvus store needs pymilvus (and milvus-lite for milvus-lite: URLs): "
-                         "pip install 'shitu[milvus]'") from None
-    for name in list(logging.root.manager.loggerDict) + ["pymilvus", "milvus_lite"]:
-        if name.split(".")[0] in ("pymilvus", "milvus_lite"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    return pymilvus
-
-
-def connect(url: MilvusURL, create: bool = False):
-    """A ``MilvusClient`` for the URL; ``create`` allows making a new Milvus Lite folder."""
-    pymilvus = pymilvus_module()
-    if url.lite:
-        require_lite_folder(url, create)
-    try:
-        with _client_lock:
-            client = pymilvus.MilvusClient(uri=url.uri, token=url.token, timeout=CONNECT_TIMEOUT)
-            if url.lite:
-                _lite_users[str(url.lite_path)] += 1
-            return client
-    except pymilvus.exceptions.MilvusException as exc:
-        if url.lite:
-            if lite_in_use(url.lite_path):
-                raise ShituError(f"{url} is open in another process; Milvus Lite allows one process per "
-                                 f".db folder (run a Milvus server for more): try again when it has finished")
-            raise ShituError(f"cannot open {url}: {explain(exc)} (is milvus-lite installed? pip install "
-                             f"'shitu[milvus]')") from None
-        raise ShituError(f"cannot reach the Milvus server at {url.host}:{url.port}: {explain(exc)}") from None
-
-
-def require_lite_folder(url: MilvusURL, create: bool):
-    path = url.lite_path
-    if path.exists() and not path.is_dir():
-        raise ShituError(f"{url}: {path} is a file, not a Milvus Lite folder")
-    if not path.exists():
-        if not create:
-            raise no_gallery(url)
-        if not path.parent.is_dir():
-            raise ShituError(f"{url}: folder {path.parent} does not exist")
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            raise ShituError(f"{url}: cannot write to {path.parent}")
-
-
-def lite_in_use(path: Path) -> bool:
-    """Whether another process holds Milvus Lite's lock on ``path``."""
-    try:
-        fd = os.open(path / "LOCK", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def release(url: MilvusURL, client):
-    """Close the client and, for Milvus Lite, stop its in-process server when no other store of this
-    process uses it, so the folder's lock is freed for other processes."""
-    try:
-        client.close()
-    except Exception:  # noqa: BLE001 - closing a broken connection has nothing left to report
-        pass
-    if url.lite:
-        with _client_lock:
-            _lite_users[str(url.lite_path)] -= 1
-            if _lite_users[str(url.lite_path)] > 0:
-                return
-        try:
-            from milvus_lite.server_manager import server_manager_instance
-        except ImportError:
-            return
-        server_manager_instance.release_server(str(url.lite_path))
-
-
-def explain(exc) -> str:
-    """The one readable line of a pymilvus exception."""
-    message = getattr(exc, "message", None) or str(exc)
-    return " ".join(str(message).split())
-
-
-def no_gallery(url: MilvusURL) -> ShituError:
-    return ShituError(f"no gallery at {url}: run 'shitu build-index GALLERY --store {url.text}'")
 
 
 # -- rows -------------------------------------------------------------------------------------------
@@ -575,6 +379,14 @@ class MilvusStore:
         return self.generation_name(max(older)) if older else None
 
 
+def has_manifest(store: MilvusStore, name: str) -> bool:
+    try:
+        store.manifest_of(name)
+    except ShituError:
+        return False
+    return True
+
+
 @dataclass
 class MilvusSnapshot:
     """One generation of a gallery, read through its concrete collection name.
@@ -824,141 +636,3 @@ class MilvusSnapshot:
         stored = self.store.manifest_of(self.collection)
         if (stored["generation"], stored.get("pending")) != (self.manifest["generation"], self.manifest.get("pending")):
             raise ShituError(f"{self.where} was changed by another process; nothing more was changed, try again")
-
-
-# -- check and repair -------------------------------------------------------------------------------
-@dataclass
-class Findings:
-    """What ``inspect`` found: problems (message, repairable), notes, leftover generations."""
-
-    problems: list[tuple[str, bool]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    leftovers: list[str] = field(default_factory=list)
-    orphan: str | None = None  # a complete generation the alias should name (the alias is missing)
-
-    def problem(self, message: str, repairable: bool = False):
-        self.problems.append((message, repairable))
-
-
-def inspect(store: MilvusStore, model=None) -> Findings:
-    """Every way a Milvus gallery can be wrong that Milvus lets us see.
-
-    Rows without vectors and vectors without rows, the FAISS store's worst case, cannot happen here:
-    one entity holds both and the vector field is not nullable.
-    """
-    findings = Findings()
-    live = store.live()
-    if live is None:
-        complete = [name for _, name in sorted(store.generations().items()) if has_manifest(store, name)]
-        if not complete:
-            raise no_gallery(store.url)
-        findings.orphan = complete[-1]
-        findings.problem(f"alias {store.url.collection} is missing; {complete[-1]} is the newest complete "
-                         f"generation", repairable=True)
-        live = complete[-1]
-    try:
-        snapshot = MilvusSnapshot(store, live, store.manifest_of(live))
-    except ShituError as exc:
-        findings.problem(str(exc))
-        return findings
-    store.ensure_loaded(live)
-    m = snapshot.manifest
-    if model is None:
-        findings.notes.append("model not checked: no model given")
-    elif m["model_sha256"] != model.sha256 or m["embedding_size"] != model.embedding_size:
-        findings.problem(f"gallery was built with model {m['model_name']} {m['model_version']} (sha256 "
-                         f"{m['model_sha256'][:12]}), not with {model.describe()}; its vectors cannot be "
-                         f"reused: rebuild it with 'shitu build-index'")
-    check_schema(store, snapshot, findings)
-    pending, above = snapshot.unfinished()
-    if pending:
-        findings.problem(f"an interrupted change is pending ({len(pending.get('delete', []))} deletes, "
-                         f"{len(pending.get('relabel', {}))} relabels)", repairable=True)
-    elif above:
-        findings.problem(f"{len(above)} rows above next_id {m['next_id']} were left by an interrupted add "
-                         f"(ids {show(above)})", repairable=True)
-    check_rows(snapshot, findings)
-    keep = {live, store.previous_live(live)}
-    findings.leftovers = store.leftovers(keep)
-    for name in findings.leftovers:
-        findings.notes.append(f"leftover collection {name} from an interrupted or old build (harmless; "
-                              f"'shitu check --repair' drops it)")
-    return findings
-
-
-def has_manifest(store: MilvusStore, name: str) -> bool:
-    try:
-        store.manifest_of(name)
-    except ShituError:
-        return False
-    return True
-
-
-def check_schema(store: MilvusStore, snapshot: MilvusSnapshot, findings: Findings):
-    """The vector field has the manifest's dimension and an inner-product index."""
-    fields = {f["name"]: f for f in store.call("describe_collection", snapshot.collection)["fields"]}
-    dim = int(fields.get("vector", {}).get("params", {}).get("dim", 0))
-    if dim != snapshot.manifest["embedding_size"]:
-        findings.problem(f"{snapshot.collection} holds {dim}-d vectors, the manifest says "
-                         f"{snapshot.manifest['embedding_size']}-d; rebuild it with 'shitu build-index'")
-    index = store.call("describe_index", snapshot.collection, "vector") or {}
-    if index.get("metric_type") != "IP":
-        findings.problem(f"{snapshot.collection}'s vector index uses metric {index.get('metric_type')!r}, not "
-                         f"inner product; rebuild it with 'shitu build-index'")
-
-
-def check_rows(snapshot: MilvusSnapshot, findings: Findings):
-    """Counts against the manifest, one row per path, and finite unit-length vectors."""
-    paths, labels, not_unit, count = {}, set(), [], 0
-    for entity in snapshot.iterate(["id", "path", "label", "vector"], batch=1024):
-        count += 1
-        labels.add(entity["label"])
-        paths.setdefault(entity["path"], []).append(int(entity["id"]))
-        norm = float(np.linalg.norm(np.asarray(entity["vector"], dtype=np.float64)))
-        if not abs(norm - 1.0) <= NORM_TOLERANCE:  # also catches NaN, which Milvus accepts
-            not_unit.append(int(entity["id"]))
-    m = snapshot.manifest
-    if (m["count"], m["labels"]) != (count, len(labels)):
-        findings.problem(f"manifest says {m['count']} images of {m['labels']} labels, the collection holds "
-                         f"{count} of {len(labels)}", repairable=True)
-    repeated = {path: ids for path, ids in paths.items() if len(ids) > 1}
-    if repeated:
-        ids = sorted(i for group in repeated.values() for i in group)
-        findings.problem(f"{len(repeated)} paths are stored more than once (ids {show(ids)}); repair keeps "
-                         f"the newest row of each", repairable=True)
-    if not_unit:
-        findings.problem(f"{len(not_unit)} stored vectors are not unit length (ids {show(not_unit)}); remove "
-                         f"those files and add them again, or rebuild with 'shitu build-index'")
-
-
-def repair(store: MilvusStore, findings: Findings) -> list[str]:
-    """Fix what ``inspect`` marked repairable, then drop leftover generations."""
-    done = []
-    if findings.orphan:
-        store.call("create_alias", findings.orphan, store.url.collection)
-        done.append(f"pointed alias {store.url.collection} at {findings.orphan}")
-    if any(repairable for _, repairable in findings.problems):
-        snapshot = store.snapshot()
-        done += snapshot.recover()
-        done += drop_duplicate_paths(snapshot)
-        fresh = {"count": snapshot.count(), "labels": len(snapshot.label_counts())}
-        if (snapshot.manifest["count"], snapshot.manifest["labels"]) != (fresh["count"], fresh["labels"]):
-            snapshot.commit(fresh, new_generation=True)
-            done.append(f"counted {fresh['count']} images of {fresh['labels']} labels into the manifest")
-    live = store.live()
-    for name in store.leftovers({live, store.previous_live(live)}) if live else []:
-        store.call("drop_collection", name)
-        done.append(f"dropped leftover collection {name}")
-    return done
-
-
-def drop_duplicate_paths(snapshot: MilvusSnapshot) -> list[str]:
-    """Keep the newest row of each path stored more than once (a replace cut short)."""
-    paths = {}
-    for entity in snapshot.iterate(["id", "path"]):
-        paths.setdefault(entity["path"], []).append(int(entity["id"]))
-    stale = sorted(i for ids in paths.values() if len(ids) > 1 for i in sorted(ids)[:-1])
-    if not stale:
-        return []
-    snapshot.delete(stale)
-    return [f"deleted {len(stale)} older rows of paths stored twice (ids {show(stale)})"]

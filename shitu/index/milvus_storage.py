@@ -26,6 +26,8 @@ import numpy as np
 from shitu.embed import ModelInfo
 from shitu.errors import ShituError
 import shitu.index.milvus as milvus
+import shitu.index.milvus_check as milvus_check
+from shitu.index.milvus_url import no_gallery, parse_url
 from shitu.index.manifest import Manifest
 from shitu.index.snapshot import Snapshot
 from shitu.index.storage import Change, Row
@@ -86,7 +88,7 @@ class MilvusStorage:
     """A gallery in Milvus (``shitu.index.storage.Storage``); ``directory`` is its URL, for messages."""
 
     def __init__(self, url: str):
-        self.url = milvus.parse_url(url)
+        self.url = parse_url(url)
         self.directory = str(self.url)
         self._store: milvus.MilvusStore | None = None
 
@@ -115,7 +117,7 @@ class MilvusStorage:
         store = self.store()
         live = store.live()
         if live is None:
-            raise milvus.no_gallery(self.url)
+            raise no_gallery(self.url)
         return store.manifest_of(live)
 
     def manifest_value(self, key: str):
@@ -157,7 +159,7 @@ class MilvusStorage:
                 if not damaged_ok:
                     raise
         elif not damaged_ok:
-            raise milvus.no_gallery(self.url)
+            raise no_gallery(self.url)
         yield session
 
 
@@ -276,7 +278,7 @@ class ModelFile:
 
 
 def check_gallery(storage: MilvusStorage, model_path, repair: bool = False):
-    """``check`` of a Milvus gallery: ``shitu.index.milvus.inspect`` (and ``repair``) as a CheckReport."""
+    """``check`` of a Milvus gallery: ``shitu.index.milvus_check.inspect`` (and ``repair``) as a CheckReport."""
     from shitu.index.check import CheckReport
 
     store = storage.store()
@@ -285,11 +287,11 @@ def check_gallery(storage: MilvusStorage, model_path, repair: bool = False):
         report.problems = [f"model not found: {model_path}"]
         return report
     model = ModelFile(model_path, storage.manifest_value("embedding_size")) if model_path is not None else None
-    findings = milvus.inspect(store, model)
+    findings = milvus_check.inspect(store, model)
     if repair:
-        report.repaired = milvus.repair(store, findings)
+        report.repaired = milvus_check.repair(store, findings)
         if report.repaired:
-            findings = milvus.inspect(store, model)
+            findings = milvus_check.inspect(store, model)
     report.problems = [message for message, _ in findings.problems]
     report.notes = findings.notes
     return report
