@@ -18,6 +18,9 @@ app = typer.Typer(help="Recognise products in photos: PP-LCNet-2.5x embeddings, 
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
 INDEX = typer.Option(Path("index"), "--index", help="Index directory.")
+STORE = typer.Option(None, "--store", help="Keep the index in Milvus instead of --index: "
+                     "milvus://[USER:PASSWORD@]HOST[:PORT]/COLLECTION (a server) or milvus-lite:PATH.db[/COLLECTION] "
+                     "(embedded Milvus Lite); needs pip install 'shitu[milvus]'.")
 MODEL = typer.Option(None, "--model", help="ONNX model file, or 'fp32' / 'int8' for the shipped models "
                      "(default: the model the index was built with, else the shipped fp32 model).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
@@ -57,6 +60,13 @@ def guarded(command):
     return wrapper
 
 
+def where(index: Path, store: str | None) -> str | None:
+    """The ``--store`` a command uses; ``--index`` and ``--store`` name two places, so not both."""
+    if store is not None and index != Path("index"):
+        raise UsageError("give --index (an index folder) or --store (a Milvus gallery), not both")
+    return store
+
+
 def print_json(data):
     sys.stdout.write(json.dumps(printable_values(data), ensure_ascii=False) + "\n")
 
@@ -80,9 +90,11 @@ def print_table(title: str, columns: list[str], rows: list[list]):
 def build_index(
     gallery: Path = typer.Argument(..., help="Gallery folder: one sub-folder of images per label."),
     index: Path = INDEX,
+    store: Optional[str] = STORE,
     model: Optional[Path] = MODEL,
     index_type: str = typer.Option("auto", "--index-type", help="FAISS factory string (Flat, HNSW32, "
-                                   "IVF1024,Flat) or auto."),
+                                   "IVF1024,Flat), with --store a Milvus index type (FLAT, HNSW, IVF_FLAT, "
+                                   "DISKANN...), or auto."),
     list_file: Optional[List[Path]] = typer.Option(None, "--list", help="List file of 'path<TAB>label' "
                                                    "lines, paths relative to GALLERY; repeatable."),
     quiet: bool = QUIET,
@@ -93,8 +105,8 @@ def build_index(
 
     reporter = TerminalReporter(quiet)
     items = read_gallery(gallery, list_file, reporter)
-    report = Index(index, model, reporter).build(items, index_type, gallery)
-    typer.echo(f"indexed {report.images} images of {report.labels} labels into {index} "
+    report = Index(index, model, reporter, store=where(index, store)).build(items, index_type, gallery)
+    typer.echo(f"indexed {report.images} images of {report.labels} labels into {store or index} "
                f"({report.index_type}): {report.embedded} embedded, {report.reused} reused, "
                f"{report.removed} removed, {len(report.bad)} unreadable skipped", err=True)
 
@@ -104,6 +116,7 @@ def build_index(
 def query(
     images: List[Path] = typer.Argument(..., help="Photos to recognise."),
     index: Path = INDEX,
+    store: Optional[str] = STORE,
     model: Optional[Path] = MODEL,
     topk: int = typer.Option(5, "--topk", min=1, help="Matches to list per photo."),
     threshold: Optional[float] = typer.Option(None, "--threshold", callback=finite, help="Below this cosine "
@@ -113,7 +126,7 @@ def query(
     """Name the product in each photo."""
     from shitu.index import Index
 
-    answers = Index(index, model).query(images, topk, threshold)
+    answers = Index(index, model, store=where(index, store)).query(images, topk, threshold)
     if as_json:
         print_json([answer.to_json() for answer in answers])
     else:
@@ -132,6 +145,7 @@ def query(
 @guarded
 def eval_command(
     index: Path = INDEX,
+    store: Optional[str] = STORE,
     model: Optional[Path] = MODEL,
     queries: Optional[Path] = typer.Option(None, "--queries", help="Query folder in the gallery layout "
                                            "(default: leave-one-out over the gallery)."),
@@ -159,8 +173,8 @@ def eval_command(
     items = read_gallery(queries, queries_list, reporter) if queries else None
     if unknown or report:
         return open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json,
-                             reporter)
-    result = Index(index, model, reporter).evaluate(metrics, items)
+                             reporter, where(index, store))
+    result = Index(index, model, reporter, store=where(index, store)).evaluate(metrics, items)
     output = {m: round(result[m], 4) for m in metrics}
     output.update(queries=result["queries"], gallery=result["gallery"])
     if as_json:
@@ -179,14 +193,16 @@ def check_open_set_flags(queries, unknown, unknown_list, target, report):
         raise ShituError("--unknown and --report need --queries: photos of products that are in the gallery")
 
 
-def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json, reporter):
+def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, report, as_json, reporter,
+                  store=None):
     """``eval`` with unknown queries or a report: one search of every photo serves both."""
     from shitu.index import Index
     from shitu.openset import point_json, rule_name
     from shitu.scoring import read_unknowns
 
     unknown_items = read_unknowns(unknown, unknown_list, reporter) if unknown else None
-    evaluation = Index(index, model, reporter).evaluate_open_set(items, metrics, unknown_items, target, report)
+    evaluation = Index(index, model, reporter, store=store).evaluate_open_set(items, metrics, unknown_items, target,
+                                                                             report)
     output = {m: round(evaluation.metrics[m], 4) for m in metrics}
     output.update(queries=evaluation.metrics["queries"], gallery=len(evaluation.gallery_labels))
     if evaluation.curve is not None:
@@ -216,6 +232,7 @@ def open_set_eval(index, model, items, metrics, unknown, unknown_list, target, r
 @guarded
 def calibrate(
     index: Path = INDEX,
+    store: Optional[str] = STORE,
     model: Optional[Path] = MODEL,
     queries: Path = typer.Option(..., "--queries", help="Photos of products in the gallery (gallery layout)."),
     queries_list: Optional[List[Path]] = typer.Option(None, "--queries-list", help="List file of queries, "
@@ -237,11 +254,11 @@ def calibrate(
     reporter = TerminalReporter(quiet)
     items = read_gallery(queries, queries_list, reporter)
     unknown_items = read_unknowns(unknown, unknown_list, reporter)
-    record = Index(index, model, reporter).calibrate(items, unknown_items, target)
+    record = Index(index, model, reporter, store=where(index, store)).calibrate(items, unknown_items, target)
     if as_json:
         print_json({"threshold": record["value"], "calibration": record})
     else:
-        typer.echo(f"{index}: threshold {describe(record)}", err=True)
+        typer.echo(f"{store or index}: threshold {describe(record)}", err=True)
 
 
 @app.command()
@@ -351,16 +368,17 @@ def add(
     label: Optional[str] = typer.Option(None, "--label", help="Label of the given files; for folders, "
                                         "overrides their label folders."),
     index: Path = INDEX,
+    store: Optional[str] = STORE,
     model: Optional[Path] = MODEL,
     quiet: bool = QUIET,
 ):
     """Add new images and replace changed ones, without rebuilding the index."""
     from shitu.index import Index
 
-    report = Index(index, model, TerminalReporter(quiet)).add(paths, label)
+    report = Index(index, model, TerminalReporter(quiet), store=where(index, store)).add(paths, label)
     if report.rebuilt:
         rebuilt_note(report)
-    typer.echo(f"{index}: {report.added} new images added, {report.replaced} changed ones replaced, "
+    typer.echo(f"{store or index}: {report.added} new images added, {report.replaced} changed ones replaced, "
                f"{report.relabelled} relabelled, {report.unchanged} unchanged, {len(report.bad)} unreadable "
                f"skipped; it now holds {report.count} images of {report.labels} labels", err=True)
 
@@ -374,14 +392,15 @@ def remove(
     path: Optional[List[str]] = typer.Option(None, "--path", help="Remove this image, or all below this "
                                              "folder (as stored, or a path inside the gallery); repeatable."),
     index: Path = INDEX,
+    store: Optional[str] = STORE,
 ):
     """Remove images from an index, without rebuilding it."""
     from shitu.index import Index
 
-    report = Index(index).remove(label or [], path or [])
+    report = Index(index, store=where(index, store)).remove(label or [], path or [])
     if report.rebuilt:
         rebuilt_note(report)
-    typer.echo(f"removed {report.removed} images from {index}; it now holds {report.count} images of "
+    typer.echo(f"removed {report.removed} images from {store or index}; it now holds {report.count} images of "
                f"{report.labels} labels", err=True)
 
 
@@ -389,13 +408,14 @@ def remove(
 @guarded
 def info(
     index: Path = INDEX,
+    store: Optional[str] = STORE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """Show what an index holds and which model built it."""
     from shitu.index.calibration import describe
     from shitu.index import Index
 
-    data = Index(index).info()
+    data = Index(index, store=where(index, store)).info()
     if as_json:
         print_json(data)
         return
@@ -406,7 +426,7 @@ def info(
     trained = data["model"]["training_labels"]
     fields += [["model trained on", "not recorded" if trained is None else f"{trained} product labels"]]
     fields += [[f"{what} bytes", size] for what, size in data["bytes"].items()]
-    print_table(f"index {index}", ["field", "value"], fields)
+    print_table(f"index {store or index}", ["field", "value"], fields)
     print_table("images per label", ["label", "images"], [[k, v] for k, v in data["label_counts"].items()])
 
 
@@ -414,6 +434,7 @@ def info(
 @guarded
 def check(
     index: Path = INDEX,
+    store: Optional[str] = STORE,
     model: Optional[Path] = MODEL,
     repair: bool = typer.Option(False, "--repair", help="Rebuild the FAISS file from the stored vectors "
                                 "and delete leftover files, then check again."),
@@ -422,7 +443,7 @@ def check(
     """Verify an index: FAISS ids against database rows, stored vectors, model, leftover files."""
     from shitu.index import Index
 
-    report = Index(index, model).check(repair)
+    report = Index(index, model, store=where(index, store)).check(repair)
     if as_json:
         print_json(report.to_json())
     else:
@@ -432,7 +453,7 @@ def check(
             typer.echo(f"problem: {line}")
         for line in report.notes:
             typer.echo(f"note: {line}")
-        typer.echo(f"{index}: " + ("ok" if report.ok else f"{len(report.problems)} problems"))
+        typer.echo(f"{store or index}: " + ("ok" if report.ok else f"{len(report.problems)} problems"))
     if not report.ok:
         raise typer.Exit(1)
 

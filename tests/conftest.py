@@ -116,3 +116,24 @@ class Recorder(Reporter):
 
     def warn(self, message: str):
         self.warnings.append(message)
+
+
+@pytest.fixture(params=["folder", "milvus-lite"])
+def place(request, tmp_path) -> list[str]:
+    """Where a behaviour test keeps its index, as CLI arguments: an index folder (FAISS + SQLite) or a
+    Milvus Lite gallery (``--store milvus-lite:...``), so the same test runs on both stores."""
+    if request.param == "folder":
+        return ["--index", str(tmp_path / "index")]
+    import importlib.util
+
+    if importlib.util.find_spec("milvus_lite") is None or importlib.util.find_spec("pymilvus") is None:
+        pytest.skip("milvus-lite and pymilvus are not installed (no milvus-lite wheel for this platform?): "
+                    "pip install 'shitu[milvus]'")
+    return ["--store", f"milvus-lite:{tmp_path / 'gallery.db'}"]
+
+
+def stored_rows(place: list[str]) -> dict:
+    """{path: (id, label, sha256)} of an index at ``place``, read through the Index facade."""
+    from shitu.index import Index
+
+    return {r.path: (r.id, r.label, r.sha256) for r in Index(store=place[1]).images(limit=10**9)}

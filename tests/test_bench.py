@@ -3,6 +3,7 @@
 These prove the scripts work, not how fast anything is: the figures come from running them for real.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -76,8 +77,15 @@ def test_search(tmp_path):
     _, data = bench("search", tmp_path)
     rows = {(r["factory"], r["search"]): r for r in data["results"]}
     assert rows[("Flat", "exact")]["recall_at_1"] == 1.0
-    assert {factory for factory, _ in rows} == {"Flat", "HNSW32", "IVF126,Flat", "IVF126,PQ8x4"}
+    faiss = {factory for factory, _ in rows if not factory.startswith("Milvus")}
+    assert faiss == {"Flat", "HNSW32", "IVF126,Flat", "IVF126,PQ8x4"}
     assert all(0 <= r["recall_at_1"] <= 1 and r["bytes"] > 0 for r in rows.values())
+    if importlib.util.find_spec("milvus_lite") and importlib.util.find_spec("pymilvus"):
+        lite = {factory for factory, _ in rows} - faiss
+        assert lite == {"Milvus Lite FLAT", "Milvus Lite HNSW(M=8,efConstruction=40)"}
+        assert rows[("Milvus Lite FLAT", "exact")]["recall_at_1"] == 1.0
+        assert all(r["rows_per_second"] > 0 and r["disk_bytes"] > r["size"] * 2048 for r in rows.values()
+                   if r["peer"] == "Milvus Lite")
 
 
 @pytest.mark.slow

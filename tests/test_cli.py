@@ -13,13 +13,22 @@ from cli import app
 from shitu.index import database as build_module
 from shitu.index.database import Database
 from shitu.index.vectors import load_faiss
-from tests.conftest import PALETTE, REPO, colour_embedding, solid
+from shitu.index import milvus
+from tests.conftest import PALETTE, REPO, colour_embedding, solid, stored_rows
 
 runner = CliRunner()
 
 
 def shitu(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def built_at(colour_gallery, tiny_model, place):
+    """The colour gallery built at ``place`` (an index folder, then a Milvus Lite gallery)."""
+    result = shitu("build-index", colour_gallery, *place, "--model", tiny_model, "--quiet")
+    assert result.exit_code == 0, result.output
+    return place
 
 
 @pytest.fixture
@@ -30,9 +39,9 @@ def built(colour_gallery, tiny_model, tmp_path):
     return index
 
 
-def test_query_json_schema_and_scores(built, tiny_model, tmp_path):
+def test_query_json_schema_and_scores(built_at, tiny_model, tmp_path):
     photo = solid(tmp_path / "q.png", (210, 35, 25))
-    result = shitu("query", photo, "--index", built, "--model", tiny_model, "--topk", 3, "--json")
+    result = shitu("query", photo, *built_at, "--model", tiny_model, "--topk", 3, "--json")
     assert result.exit_code == 0, result.output
     answers = json.loads(result.stdout)
     assert [set(a) for a in answers] == [{"image", "label", "results"}]
@@ -95,37 +104,45 @@ def test_corrupt_files_are_skipped_and_counted(colour_gallery, tiny_model, tmp_p
     assert Database(index).count() == 6
 
 
-def test_rebuild_reembeds_only_changes_and_keeps_ids(built, colour_gallery, tiny_model):
-    before = {r.path: r.id for r in Database(built).all_rows()}
+def test_rebuild_reembeds_only_changes_and_keeps_ids(built_at, colour_gallery, tiny_model):
+    before = {path: row[0] for path, row in stored_rows(built_at).items()}
     solid(colour_gallery / "blue can" / "shot 0.jpg", (0, 0, 250), fmt="PNG")  # changed content
     (colour_gallery / "red apple" / "deeper" / "shot 1.jpg").unlink()
     solid(colour_gallery / "new label" / "n.png", (120, 120, 0))
-    result = shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q")
+    result = shitu("build-index", colour_gallery, *built_at, "--model", tiny_model, "-q")
     assert "2 embedded, 4 reused, 2 removed" in result.stderr
-    after = {r.path: r.id for r in Database(built).all_rows()}
+    after = {path: row[0] for path, row in stored_rows(built_at).items()}
     unchanged = set(before) & set(after) - {"blue can/shot 0.jpg"}
     assert all(before[p] == after[p] for p in unchanged) and len(unchanged) == 4
 
 
-def test_interrupted_rebuild_leaves_the_old_index(built, colour_gallery, tiny_model, monkeypatch):
-    old_rows = [(r.path, r.label) for r in Database(built).all_rows()]
+def test_interrupted_rebuild_leaves_the_old_index(built_at, colour_gallery, tiny_model, monkeypatch, tmp_path):
+    old_rows = sorted((path, row[1]) for path, row in stored_rows(built_at).items())
     solid(colour_gallery / "new label" / "n.png", (120, 120, 0))
 
     def crash(*_):
-        raise KeyboardInterrupt  # the user hits Ctrl-C just before the swap
+        raise KeyboardInterrupt  # the user hits Ctrl-C just before the swap (the alias switch in Milvus)
 
-    monkeypatch.setattr(build_module, "fsync_path", crash)
-    result = shitu("build-index", colour_gallery, "--index", built, "--model", tiny_model, "-q")
+    if built_at[0] == "--index":
+        monkeypatch.setattr(build_module, "fsync_path", crash)
+    else:
+        monkeypatch.setattr(milvus.MilvusStore, "publish_generation", crash)
+    result = shitu("build-index", colour_gallery, *built_at, "--model", tiny_model, "-q")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     monkeypatch.undo()
-    store = Database(built)
-    assert [(r.path, r.label) for r in store.all_rows()] == old_rows
-    assert load_faiss(built, store.manifest()).ntotal == len(old_rows)
+    assert sorted((path, row[1]) for path, row in stored_rows(built_at).items()) == old_rows
+    photo = solid(tmp_path / "q.png", (120, 120, 0))
+    answer = json.loads(shitu("query", photo, *built_at, "--model", tiny_model, "--json").stdout)[0]
+    assert answer["label"] != "new label" and len(answer["results"]) == 5
+    assert shitu("check", *built_at, "--model", tiny_model).exit_code == 0
+    if built_at[0] == "--index":
+        store = Database(Path(built_at[1]))
+        assert load_faiss(Path(built_at[1]), store.manifest()).ntotal == len(old_rows)
 
 
-def test_index_of_another_model_is_refused(built, other_tiny_model, tmp_path):
+def test_index_of_another_model_is_refused(built_at, other_tiny_model, tmp_path):
     photo = solid(tmp_path / "q.png", (1, 2, 3))
-    result = shitu("query", photo, "--index", built, "--model", other_tiny_model)
+    result = shitu("query", photo, *built_at, "--model", other_tiny_model)
     assert result.exit_code == 1 and "was built with model" in result.stderr
     assert "Traceback" not in result.output
 

@@ -15,7 +15,7 @@ from shitu.index.files import DB_NAME, write_lock
 from shitu.index.folder import FolderStorage
 from shitu.index.vectors import load_faiss, write_faiss_file
 from shitu.embed import set_shitu_metadata
-from tests.conftest import colour_embedding, solid, write_mean_colour_model
+from tests.conftest import colour_embedding, solid, stored_rows, write_mean_colour_model
 
 runner = CliRunner()
 EXTRA = {"green tea": (20, 200, 30), "yellow box": (230, 220, 20), "purple jar": (120, 20, 140),
@@ -67,30 +67,63 @@ def check(index, *args):
 
 
 # -- add ---------------------------------------------------------------------------------------------
-def test_add_files_and_folders(built, colour_gallery, tiny_model):
+@pytest.fixture
+def built_at(colour_gallery, tiny_model, place):
+    """The colour gallery built at ``place`` (an index folder, then a Milvus Lite gallery)."""
+    result = shitu("build-index", colour_gallery, *place, "--model", tiny_model, "--quiet")
+    assert result.exit_code == 0, result.output
+    return place
+
+
+def test_add_files_and_folders(built_at, colour_gallery, tiny_model):
     new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
-    result = shitu("add", new, "--label", "green tea", "--index", built, "--model", tiny_model, "-q")
+    result = shitu("add", new, "--label", "green tea", *built_at, "--model", tiny_model, "-q")
     assert result.exit_code == 0, result.output
     assert "1 new images added" in result.stderr and "7 images of 4 labels" in result.stderr
 
     solid(colour_gallery / "yellow box" / "deep" / "b.png", EXTRA["yellow box"])
     solid(colour_gallery / "yellow box" / "c.png", (225, 215, 30))
     solid(colour_gallery / "loose.png", (1, 2, 3))  # not in a label folder: build-index ignores it too
-    result = shitu("add", colour_gallery, "--index", built, "--model", tiny_model, "-q")
+    result = shitu("add", colour_gallery, *built_at, "--model", tiny_model, "-q")
     assert "2 new images added" in result.stderr and "7 unchanged" in result.stderr
-    stored = rows(built)
+    stored = stored_rows(built_at)
     assert stored["yellow box/deep/b.png"][1] == stored["yellow box/c.png"][1] == "yellow box"
     assert "loose.png" not in stored
 
     solid(colour_gallery / "misc" / "sub" / "x.png", EXTRA["purple jar"])
-    result = shitu("add", colour_gallery / "misc", "--label", "purple jar", "--index", built,
-                   "--model", tiny_model, "-q")
-    assert result.exit_code == 0 and rows(built)["misc/sub/x.png"][1] == "purple jar"
+    result = shitu("add", colour_gallery / "misc", "--label", "purple jar", *built_at, "--model", tiny_model, "-q")
+    assert result.exit_code == 0 and stored_rows(built_at)["misc/sub/x.png"][1] == "purple jar"
 
     photo = solid(colour_gallery.parent / "q.png", (25, 195, 35))
-    answer = json.loads(shitu("query", photo, "--index", built, "--model", tiny_model, "--json").stdout)[0]
+    answer = json.loads(shitu("query", photo, *built_at, "--model", tiny_model, "--json").stdout)[0]
     assert answer["label"] == "green tea" and answer["results"][0]["path"] == "green tea/a.png"
-    assert check(built, "--model", tiny_model)[0] == 0
+    result = shitu("check", *built_at, "--model", tiny_model, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["problems"] == []
+
+
+def test_replace_relabel_remove_on_both_stores(built_at, colour_gallery, tiny_model):
+    before = stored_rows(built_at)
+    target = colour_gallery / "blue can" / "shot 0.jpg"
+    solid(target, (0, 0, 250), fmt="PNG")
+    result = shitu("add", target, "--label", "blue can", *built_at, "--model", tiny_model, "-q")
+    assert "1 changed ones replaced" in result.stderr
+    after = stored_rows(built_at)
+    new_id = after["blue can/shot 0.jpg"][0]
+    assert new_id > max(i for i, _, _ in before.values()) and len(after) == 6
+    assert all(after[p] == before[p] for p in before if p != "blue can/shot 0.jpg")  # ids stable
+    result = shitu("add", target, "--label", "navy can", *built_at, "--model", tiny_model, "-q")
+    assert "1 relabelled" in result.stderr and stored_rows(built_at)["blue can/shot 0.jpg"][1] == "navy can"
+    result = shitu("remove", "--label", "red apple", "--path", "Crème Fraîche/shot 0.jpg", *built_at)
+    assert result.exit_code == 0 and "it now holds 3 images of 3 labels" in result.stderr, result.output
+    assert set(stored_rows(built_at)) == {"blue can/shot 0.jpg", "blue can/deeper/shot 1.jpg",
+                                          "Crème Fraîche/deeper/shot 1.jpg"}
+    result = shitu("remove", "--label", "no such label", *built_at)
+    assert result.exit_code == 1 and "nothing in index" in result.stderr
+    new = solid(colour_gallery / "green tea" / "a.png", EXTRA["green tea"])
+    shitu("add", new, "--label", "green tea", *built_at, "--model", tiny_model, "-q")
+    assert stored_rows(built_at)["green tea/a.png"][0] == new_id + 1  # removed ids are never reused
+    result = shitu("check", *built_at, "--model", tiny_model, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["problems"] == []
 
 
 def test_changed_file_is_replaced_unchanged_is_a_no_op(built, colour_gallery, tiny_model):

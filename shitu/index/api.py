@@ -26,6 +26,8 @@ from shitu.index.check import CheckReport, check_index
 from shitu.index.edit import AddReport, RemoveReport, add_images, check_add_request, remove_images
 from shitu.index.folder import FolderStorage
 from shitu.index.info import index_info
+from shitu.index.milvus_url import is_milvus_url
+from shitu.index.milvus_storage import MilvusStorage, check_gallery, gallery_info
 from shitu.index.snapshot import Snapshot
 from shitu.index.storage import Row, Storage
 from shitu.metrics import evaluate, needed_depth, parse_metric
@@ -38,11 +40,14 @@ class Index:
     """An index folder and the model that reads and writes it."""
 
     def __init__(self, directory: str | Path = "index", model: str | Path | None = None,
-                 reporter: Reporter = SILENT, threads: int | None = None, *, embedder: Embedder | None = None):
+                 reporter: Reporter = SILENT, threads: int | None = None, *, embedder: Embedder | None = None,
+                 store: str | None = None):
         """``embedder``: an Embedder already open (a bench building many indexes with one model); it
-        then decides the model."""
-        self.directory = Path(directory)
-        self.storage: Storage = FolderStorage(self.directory)
+        then decides the model. ``store``: a Milvus gallery (``milvus://HOST:PORT/COLLECTION`` or
+        ``milvus-lite:PATH.db[/COLLECTION]``) or an index folder, instead of ``directory``; a Milvus
+        store's ``directory`` is its URL (a string)."""
+        self.storage: Storage = open_storage(directory if store is None else store)
+        self.directory = self.storage.directory
         self.model_given = bool(model) or embedder is not None
         self.model_path = embedder.path if embedder is not None else model_for_index(self.storage, model)
         self.reporter, self.threads = reporter, threads
@@ -112,11 +117,15 @@ class Index:
         """Every way the index can be wrong; with ``repair``, fixed where the stored vectors allow.
         Without a model given, the index's own is compared with, or none when it is gone (noted)."""
         model = self.model_path if self.model_given or self.model_path.is_file() else None
+        if isinstance(self.storage, MilvusStorage):
+            return check_gallery(self.storage, model, repair)
         return check_index(self.storage, model, repair)
 
     # -- reading -------------------------------------------------------------------------------------
     def info(self) -> dict:
         """What ``shitu info --json`` prints: contents, model, files and calibration."""
+        if isinstance(self.storage, MilvusStorage):
+            return gallery_info(self.storage)
         return index_info(self.storage)
 
     def labels(self) -> dict[str, int]:
@@ -245,6 +254,13 @@ class Index:
         record = calibration_record(evaluation, target_unknown_rejection, self.snapshot.manifest)
         store_calibration(self.storage, record)
         return record
+
+
+def open_storage(where: str | Path) -> Storage:
+    """A Milvus gallery for a ``milvus://`` or ``milvus-lite:`` URL, else the index folder ``where``."""
+    if is_milvus_url(where):
+        return MilvusStorage(where)
+    return FolderStorage(Path(where))
 
 
 def model_for_index(storage: Storage, model: str | Path | None) -> Path:

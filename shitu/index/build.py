@@ -19,7 +19,6 @@ from shitu.imageio import open_image_file
 from shitu.index.commit import commit_all
 from shitu.index.manifest import Manifest, next_id_after
 from shitu.index.storage import Row, Session, Storage
-from shitu.index.vectors import resolve_index_type
 from shitu.progress import SILENT, Reporter
 
 
@@ -101,7 +100,7 @@ def build_index(items: list[GalleryItem], storage: Storage, embedder: Embedder, 
             raise ShituError(f"no readable images in the gallery ({len(report.bad)} unreadable); "
                              f"the index was not changed")
         report.images, report.labels = len(rows), len({r.label for r in rows})
-        report.index_type = resolve_index_type(index_type, len(rows))
+        report.index_type = storage.resolve_index_type(index_type, len(rows))
         write_rows(session, rows, embedder.info, embedder.path, report.index_type, gallery_root, previous)
     return report
 
@@ -120,7 +119,7 @@ def build_from_vectors(items: list[GalleryItem], vectors: np.ndarray, storage: S
         previous = Previous(next_id=session.manifest.next_id if session.manifest else 1)
         rows = [Row(previous.next_id + n, item.relpath, item.label, "", vector)
                 for n, (item, vector) in enumerate(zip(items, vectors))]
-        factory = resolve_index_type(index_type, len(rows))
+        factory = storage.resolve_index_type(index_type, len(rows))
         write_rows(session, rows, model, model_path, factory, gallery_root, previous)
     return BuildReport(images=len(rows), labels=len({r.label for r in rows}), index_type=factory)
 

@@ -45,8 +45,8 @@ from shitu.index.files import (DB_NAME, JOURNAL, discard, next_generation, remov
 from shitu.index.manifest import Manifest
 from shitu.index.snapshot import Snapshot
 from shitu.index.storage import Change, Row
-from shitu.index.vectors import (add_vectors, deletes_in_place, ids_of, load_faiss, make_faiss_index, search,
-                                 write_faiss_file)
+from shitu.index.vectors import (add_vectors, deletes_in_place, ids_of, load_faiss, make_faiss_index,
+                                 resolve_index_type, search, write_faiss_file)
 
 
 @dataclass
@@ -70,6 +70,9 @@ class FolderStorage:
 
     def exists(self) -> bool:
         return (self.directory / DB_NAME).is_file()
+
+    def resolve_index_type(self, index_type: str, count: int) -> str:
+        return resolve_index_type(index_type, count)
 
     def open(self, model: ModelInfo | None = None) -> tuple[Database, Manifest]:
         """The database and its manifest; with ``model``, refused when another model built it."""

@@ -31,7 +31,7 @@ TYPES = {  # checked in this order; the first ten are required
     "format_version": int, "model_name": str, "model_version": str, "model_sha256": str, "embedding_size": int,
     "index_type": str, "faiss_file": str, "generation": int, "count": int, "labels": int,
     "next_id": int, "input_size": int, "ef_search": int, "nprobe": int, "gallery_root": str, "model_path": str,
-    "metric": str, "updated_at": str}
+    "metric": str, "updated_at": str, "store": str}
 REQUIRED = set(list(TYPES)[:10])
 RETIRED = {"mean", "std"}  # written by older builds, never read
 
@@ -49,8 +49,8 @@ class Manifest:
     model_version: str
     model_sha256: str
     embedding_size: int
-    index_type: str  # the FAISS factory string
-    faiss_file: str  # vectors.<generation>.faiss
+    index_type: str  # the FAISS factory string (a Milvus index type in a Milvus store)
+    faiss_file: str  # vectors.<generation>.faiss (the collection in a Milvus store)
     generation: int
     count: int
     labels: int
@@ -63,6 +63,7 @@ class Manifest:
     metric: str = METRIC
     updated_at: str = ""
     threshold: dict | None = None  # the calibration record (shitu.index.calibration)
+    store: str | None = None  # None: an index folder; "milvus": a Milvus collection (shitu.index.milvus)
     extra: dict = field(default_factory=dict, repr=False)  # entries of a newer shitu, kept as they are
 
     # -- reading ---------------------------------------------------------------------------------------
@@ -94,7 +95,9 @@ class Manifest:
         """What the entries' types do not say."""
         if self.embedding_size < 1:
             raise damaged(directory, f"entry 'embedding_size' is {self.embedding_size}")
-        if not FAISS_NAME.match(self.faiss_file):
+        if self.store not in (None, "milvus"):
+            raise damaged(directory, f"entry 'store' is {self.store!r}, not 'milvus'")
+        if self.store is None and not FAISS_NAME.match(self.faiss_file):
             raise damaged(directory, f"entry 'faiss_file' is {self.faiss_file!r}, not a vectors.N.faiss name")
         if self.metric != METRIC:
             raise damaged(directory, f"entry 'metric' is {self.metric!r}; shitu searches by {METRIC} only")

@@ -56,6 +56,10 @@ class Storage(Protocol):
     def exists(self) -> bool:
         """Whether an index was ever committed here."""
 
+    def resolve_index_type(self, index_type: str, count: int) -> str:
+        """The index type a build of ``count`` rows uses for ``index_type`` (``auto`` or a name this
+        backend knows: a FAISS factory string, a Milvus index type)."""
+
     def manifest_value(self, key: str) -> Any:
         """One manifest entry, read on its own and cheaply (None when absent or unreadable)."""
 
