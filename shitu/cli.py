@@ -489,6 +489,7 @@ def shrink(
 @guarded
 def serve(
     index: Path = INDEX,
+    store: Optional[str] = STORE,
     model: Optional[Path] = MODEL,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback "
                              "should have a token."),
@@ -503,7 +504,8 @@ def serve(
 
     if token is not None and not token.strip():
         raise ShituError("the token is empty: give --token (or SHITU_TOKEN) a value, or leave it unset")
-    run_server(index, model, host, port, token, max_upload_mb, say=lambda line: typer.echo(line, err=True))
+    run_server(index, model, host, port, token, max_upload_mb, say=lambda line: typer.echo(line, err=True),
+               store=where(index, store))
 
 
 # -- speed: int8 quantization (issue #4) -------------------------------------------------------------

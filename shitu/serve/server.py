@@ -41,8 +41,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(index: Path, model: Path | None, host: str, port: int, token: str | None, max_upload_mb: float,
-          say=print):
-    """Load everything, then serve until interrupted; ``say`` gets the lines a person should read."""
+          say=print, store: str | None = None):
+    """Load everything, then serve until interrupted; ``say`` gets the lines a person should read;
+    ``store``: a Milvus gallery's URL instead of the ``index`` folder."""
     try:
         import uvicorn
 
@@ -54,7 +55,7 @@ def serve(index: Path, model: Path | None, host: str, port: int, token: str | No
 
     if not max_upload_mb > 0:
         raise ShituError(f"--max-upload-mb must be above 0, got {max_upload_mb}")
-    service = Service(Index(index, model), token, int(max_upload_mb * 2**20))
+    service = Service(Index(index, model, store=store), token, int(max_upload_mb * 2**20))
     service.warm()
     sock = listening_socket(host, port)
     if token is None and not is_loopback(host):
@@ -62,7 +63,7 @@ def serve(index: Path, model: Path | None, host: str, port: int, token: str | No
             f"it can change the index. Set --token or SHITU_TOKEN.")
     shown = f"[{host}]" if ":" in host else host
     bound_port = sock.getsockname()[1]
-    say(f"serving {index} ({service.index.info()['count']} images) on http://{shown}:{bound_port}/ "
+    say(f"serving {store or index} ({service.index.info()['count']} images) on http://{shown}:{bound_port}/ "
         f"(API docs at /docs); changes {'need the token' if token else 'are open to every client'}")
     config = uvicorn.Config(create_app(service), log_level="info", access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
