@@ -21,6 +21,8 @@ from PIL import Image
 
 from shitu.gallery import normalise_label
 from shitu.imageio import Upload, load_rgb
+from shitu.index.build import content_hash
+from shitu.index.files import replace_durably
 from shitu.progress import printable
 from shitu.serve.errors import ApiError
 
@@ -95,7 +97,7 @@ class StoredPhotos:
         for photo, suffix in zip(photos, suffixes):
             path = self.folder / f"{photo.sha256}{suffix}"
             if path not in self.paths:
-                if not same_content(path, photo.sha256):
+                if content_hash(path) != photo.sha256:  # not a repeat upload of these bytes
                     write_atomically(path, photo.data)
                     self.created.append(path)
                 self.paths.append(path)
@@ -111,17 +113,6 @@ class StoredPhotos:
                 pass
 
 
-def same_content(path: Path, sha256: str) -> bool:
-    """Whether ``path`` already holds these bytes (a repeat upload): then it is left as it is."""
-    if not path.is_file():
-        return False
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest() == sha256
-
-
 def write_atomically(path: Path, data: bytes):
     """Write a whole file or nothing: a hidden temporary beside it, fsync, rename, fsync the folder."""
     descriptor, temporary = tempfile.mkstemp(prefix=".upload-", suffix=".tmp", dir=path.parent)
@@ -131,12 +122,7 @@ def write_atomically(path: Path, data: bytes):
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+        replace_durably(Path(temporary), path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
