@@ -34,12 +34,13 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from shitu.errors import ShituError
+from shitu.index.database import show
+from shitu.index.manifest import now
 from shitu.index.milvus_url import GENERATION, MilvusURL, connect, explain, no_gallery, parse_url, pymilvus_module, release
 from shitu.index.storage import Change, Row
 
@@ -50,7 +51,6 @@ BATCH = 2000  # rows per insert call: ~4.5 MB of 512-d vectors, far below gRPC's
 ID_CHUNK = 1000  # ids per "id in [...]" expression
 PENDING_LIMIT = 20_000  # ids one pending record may hold (it lives in a collection property)
 NORM_TOLERANCE = 1e-3
-SHOWN_IDS = 10
 MAX_TOPK = 16384  # Milvus's limit on k
 
 # Index choice, from bench/search.py's Milvus Lite peer (2 shared cores, gallery-shaped vectors; the
@@ -104,15 +104,6 @@ def require_storable(rows: list, url: MilvusURL):
             if len(row[key].encode("utf-8")) > limit:
                 raise ShituError(f"{key} {row[key][:60]!r}... is longer than {limit} bytes, the most a "
                                  f"{url} gallery stores; nothing was changed")
-
-
-def show(ids: list[int]) -> str:
-    shown = ", ".join(str(i) for i in ids[:SHOWN_IDS])
-    return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # -- index types ------------------------------------------------------------------------------------
