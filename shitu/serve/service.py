@@ -103,7 +103,9 @@ class Service:
             return asdict(self.index.remove(labels=[name]))
 
     def gallery_root(self) -> Path:
-        root = self.index.info().get("gallery_root")
+        """From the current manifest alone: ``info()`` would also count labels, size the files and read
+        the model's metadata on every add."""
+        root = self.index.read().manifest.gallery_root
         if not root:
             raise ShituError(f"index {self.index.directory} records no gallery folder to store photos in; "
                              f"rebuild it with 'shitu build-index GALLERY'")
