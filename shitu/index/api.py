@@ -22,12 +22,11 @@ from shitu.imageio import Upload
 from shitu.index.answers import Answer, Match, lone_queries_message, matches_of, ranked_labels
 from shitu.index.build import BuildReport, build_from_vectors, build_index
 from shitu.index.calibration import calibrated_threshold, calibration_record, store_calibration
-from shitu.index.check import CheckReport, check_index
 from shitu.index.edit import AddReport, RemoveReport, add_images, check_add_request, remove_images
+from shitu.index.findings import CheckReport
 from shitu.index.folder import FolderStorage
-from shitu.index.info import index_info
 from shitu.index.milvus_url import is_milvus_url
-from shitu.index.milvus_storage import MilvusStorage, check_gallery, gallery_info
+from shitu.index.milvus_storage import MilvusStorage  # open_storage builds it
 from shitu.index.snapshot import Snapshot
 from shitu.index.storage import Row, Storage
 from shitu.metrics import evaluate, needed_depth, parse_metric
@@ -117,16 +116,12 @@ class Index:
         """Every way the index can be wrong; with ``repair``, fixed where the stored vectors allow.
         Without a model given, the index's own is compared with, or none when it is gone (noted)."""
         model = self.model_path if self.model_given or self.model_path.is_file() else None
-        if isinstance(self.storage, MilvusStorage):
-            return check_gallery(self.storage, model, repair)
-        return check_index(self.storage, model, repair)
+        return self.storage.check(model, repair)
 
     # -- reading -------------------------------------------------------------------------------------
     def info(self) -> dict:
         """What ``shitu info --json`` prints: contents, model, files and calibration."""
-        if isinstance(self.storage, MilvusStorage):
-            return gallery_info(self.storage)
-        return index_info(self.storage)
+        return self.storage.info()
 
     def labels(self) -> dict[str, int]:
         """Images per label, sorted by label."""

@@ -10,7 +10,6 @@ import os
 import sqlite3
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,69 +17,32 @@ import numpy as np
 from shitu.embed import file_sha256
 from shitu.errors import ShituError
 from shitu.index.commit import commit
-from shitu.index.database import Database, show
+from shitu.index.database import Database, open_index, show
 from shitu.index.files import DB_NAME, errors_explained, leftover_files, try_lock
-from shitu.index.folder import FolderStorage
+from shitu.index.findings import NORM_TOLERANCE, CheckReport, Findings
 from shitu.index.manifest import Manifest
-from shitu.index.storage import Change
+from shitu.index.storage import Change, Storage
 from shitu.index.vectors import ids_of, read_faiss_file
-
-NORM_TOLERANCE = 1e-3  # float32 vectors normalised by the embedder are within 1e-6 of unit length
-
-
-@dataclass
-class CheckReport:
-    """Problems make ``check`` fail; notes (harmless leftovers, skipped steps) do not."""
-
-    index: str
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_json(self) -> dict:
-        return {"ok": self.ok, **asdict(self)}
-
-
-@dataclass
-class Problem:
-    message: str
-    repairable: bool = False  # fixed by rebuilding the FAISS file from the vectors stored in SQLite
-
-
-@dataclass
-class Findings:
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    leftovers: list[Path] = field(default_factory=list)
-
-    def problem(self, message: str, repairable: bool = False):
-        self.problems.append(Problem(message, repairable))
 
 
 # -- check -------------------------------------------------------------------------------------------
-def check_index(storage: FolderStorage, model_path: Path | None, repair: bool = False) -> CheckReport:
-    """Look for every way an index can be wrong; with ``repair``, fix what the stored vectors allow.
-    ``model_path``: the model to compare with, or None (noted, not a problem)."""
+def check_index(storage: Storage, model_path: Path | None, repair: bool = False) -> CheckReport:
+    """Look for every way an index folder (``storage``, a ``FolderStorage``) can be wrong; with ``repair``,
+    fix what the stored vectors allow. ``model_path``: the model to compare with, or None (noted)."""
     directory = storage.directory
     if not storage.exists():
         Database(directory)  # the usual "no index" error
-    report = CheckReport(str(directory))
+    repaired = []
     if repair:
         with storage.writing(damaged_ok=True) as session:
-            findings = inspect(storage, model_path, True)
-            report.repaired = repair_index(session, findings)
-            if report.repaired:
-                findings = inspect(storage, model_path, True)
+            findings = inspect(directory, model_path, True)
+            repaired = repair_index(session, findings)
+            if repaired:
+                findings = inspect(directory, model_path, True)
     else:
         with reading_lock(directory) as locked:
-            findings = inspect(storage, model_path, locked)
-    report.problems = [problem.message for problem in findings.problems]
-    report.notes = findings.notes
-    return report
+            findings = inspect(directory, model_path, locked)
+    return findings.report(str(directory), repaired)
 
 
 @contextmanager
@@ -95,10 +57,10 @@ def reading_lock(directory: Path):
             os.close(fd)
 
 
-def inspect(storage: FolderStorage, model_path: Path | None, locked: bool) -> Findings:
+def inspect(directory: Path, model_path: Path | None, locked: bool) -> Findings:
     findings = Findings()
     try:
-        db, manifest = storage.open()
+        db, manifest = open_index(directory)
     except ShituError as exc:
         findings.problem(str(exc))
         return findings
@@ -201,7 +163,7 @@ def check_leftovers(directory: Path, m: Manifest, findings: Findings):
 def repair_index(session, findings: Findings) -> list[str]:
     """Rebuild the FAISS file from the stored vectors when that fixes something, then delete leftovers."""
     done, leftovers = [], set(findings.leftovers)
-    if any(problem.repairable for problem in findings.problems):
+    if findings.repairable():
         try:
             count = rebuild_from_stored(session)
         except ShituError as exc:
@@ -220,7 +182,7 @@ def rebuild_from_stored(session) -> int:
     """Commit a FAISS file rebuilt from every stored vector, and a manifest that counts the rows again;
     returns how many vectors it holds."""
     if session.manifest is None:
-        session.storage.open()  # the index cannot be opened: its error says why
+        open_index(session.directory)[0].close()  # the index cannot be opened: its error says why
     with errors_explained(session.directory):  # a full disk: reported as a problem like any other
         commit(session, Change(), refill=True)
     return session.manifest.count

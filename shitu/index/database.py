@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
+from shitu.embed import ModelInfo
 from shitu.errors import ShituError
 from shitu.index.files import DB_NAME, DB_TEMP, discard, file_identity, fsync_path
 from shitu.index.manifest import Manifest, now
@@ -54,6 +55,20 @@ def manifest_value(directory: Path, key: str):
         return None
     finally:
         db.conn.close()
+
+
+def open_index(directory: Path, model: ModelInfo | None = None) -> tuple["Database", Manifest]:
+    """The database of an index folder and its manifest; with ``model``, refused when another model
+    built it. The caller closes the database."""
+    db = Database(directory)
+    try:
+        manifest = db.manifest()
+        if model is not None:
+            manifest.require_model(model, directory)
+    except BaseException:
+        db.close()
+        raise
+    return db, manifest
 
 
 class Database:

@@ -39,9 +39,12 @@ import numpy as np
 
 from shitu.embed import ModelInfo
 from shitu.errors import ShituError
-from shitu.index.database import Database, manifest_value, write_database
+from shitu.index.check import check_index
+from shitu.index.database import Database, manifest_value, open_index, write_database
 from shitu.index.files import (DB_NAME, JOURNAL, discard, next_generation, remove_stale_faiss, replace_durably,
                                write_lock)
+from shitu.index.findings import CheckReport
+from shitu.index.info import index_info
 from shitu.index.manifest import Manifest
 from shitu.index.snapshot import Snapshot
 from shitu.index.storage import Change, Row
@@ -76,15 +79,13 @@ class FolderStorage:
 
     def open(self, model: ModelInfo | None = None) -> tuple[Database, Manifest]:
         """The database and its manifest; with ``model``, refused when another model built it."""
-        db = Database(self.directory)
-        try:
-            manifest = db.manifest()
-            if model is not None:
-                manifest.require_model(model, self.directory)
-        except BaseException:
-            db.close()
-            raise
-        return db, manifest
+        return open_index(self.directory, model)
+
+    def check(self, model_path: Path | None, repair: bool = False) -> CheckReport:
+        return check_index(self, model_path, repair)
+
+    def info(self) -> dict:
+        return index_info(self.directory)
 
     def manifest_value(self, key: str):
         return manifest_value(self.directory, key) if self.exists() else None

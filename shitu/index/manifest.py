@@ -1,6 +1,7 @@
 """The manifest: what an index was built with and which files hold its committed state, typed.
 
-Stored as one JSON value per key in the database's ``manifest`` table (format version 1). Every key is
+Stored as one JSON value per key in the database's ``manifest`` table (format version 1; a Milvus gallery
+keeps the same entries as one JSON object, ``shitu.index.milvus_manifest``). Every key is
 a field here, read and checked in one place; a damaged or unknown entry is one clear error when the
 index opens, not a crash later. Keys this version does not know are kept as they are when a commit
 rewrites the manifest, so an index written by a newer shitu loses nothing here. ``mean`` and ``std``,
@@ -15,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 from shitu.embed import ModelInfo
 from shitu.errors import ShituError
@@ -32,7 +34,7 @@ TYPES = {  # checked in this order; the first ten are required
     "index_type": str, "faiss_file": str, "generation": int, "count": int, "labels": int,
     "next_id": int, "input_size": int, "ef_search": int, "nprobe": int, "gallery_root": str, "model_path": str,
     "metric": str, "updated_at": str, "store": str}
-REQUIRED = set(list(TYPES)[:10])
+REQUIRED = frozenset(list(TYPES)[:10])
 RETIRED = {"mean", "std"}  # written by older builds, never read
 
 
@@ -43,6 +45,9 @@ def now() -> str:
 @dataclass
 class Manifest:
     """Every manifest entry, with the type a reader relies on."""
+
+    noun: ClassVar[str] = "index"  # what messages call the store: "index DIR" (a Milvus gallery: "gallery URL")
+    required: ClassVar[frozenset[str]] = REQUIRED
 
     format_version: int
     model_name: str
@@ -75,41 +80,54 @@ class Manifest:
             try:
                 values[key] = json.loads(text)
             except (TypeError, ValueError):
-                raise damaged(directory, f"entry {key!r} is not JSON") from None
+                raise damaged(cls.place(directory), f"its manifest entry {key!r} is not JSON") from None
+        return cls.from_values(values, directory)
+
+    @classmethod
+    def from_values(cls, values: dict, directory: Path | str) -> "Manifest":
+        """The manifest from its decoded entries ``{key: value}``, checked as ``from_entries`` says."""
+        where = cls.place(directory)
         version = values.get("format_version")
         if version != FORMAT_VERSION:
-            raise ShituError(f"index {directory} has format version {version!r}; this shitu reads version "
+            raise ShituError(f"{where} has format version {version!r}; this shitu reads version "
                              f"{FORMAT_VERSION}: rebuild it with 'shitu build-index'")
         for key, kind in TYPES.items():
             if key in values:
-                require(directory, key, values[key], kind)
-            elif key in REQUIRED:
-                raise damaged(directory, f"entry {key!r} is missing")
+                require(where, key, values[key], kind)
+            elif key in cls.required:
+                raise damaged(where, f"its manifest entry {key!r} is missing")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         manifest = cls(**{key: value for key, value in values.items() if key in known},
                        extra={k: v for k, v in values.items() if k not in known | RETIRED})
         manifest.validate(directory)
         return manifest
 
-    def validate(self, directory: Path):
+    @classmethod
+    def place(cls, directory: Path | str) -> str:
+        """How messages name the store ``directory`` is (a folder, or a Milvus gallery's URL)."""
+        return f"{cls.noun} {directory}"
+
+    def validate(self, directory: Path | str):
         """What the entries' types do not say."""
+        where = self.place(directory)
         if self.embedding_size < 1:
-            raise damaged(directory, f"entry 'embedding_size' is {self.embedding_size}")
+            raise damaged(where, f"its manifest entry 'embedding_size' is {self.embedding_size}")
         if self.store not in (None, "milvus"):
-            raise damaged(directory, f"entry 'store' is {self.store!r}, not 'milvus'")
+            raise damaged(where, f"its manifest entry 'store' is {self.store!r}, not 'milvus'")
         if self.store is None and not FAISS_NAME.match(self.faiss_file):
-            raise damaged(directory, f"entry 'faiss_file' is {self.faiss_file!r}, not a vectors.N.faiss name")
+            raise damaged(where, f"its manifest entry 'faiss_file' is {self.faiss_file!r}, not a "
+                                 f"vectors.N.faiss name")
         if self.metric != METRIC:
-            raise damaged(directory, f"entry 'metric' is {self.metric!r}; shitu searches by {METRIC} only")
+            raise damaged(where, f"its manifest entry 'metric' is {self.metric!r}; shitu searches by {METRIC} only")
 
     def built_by(self, model: ModelInfo) -> bool:
         return self.model_sha256 == model.sha256 and self.embedding_size == model.embedding_size
 
-    def require_model(self, model: ModelInfo, directory: Path):
+    def require_model(self, model: ModelInfo, directory: Path | str):
         """Refuse a model other than the one that built the index: its vectors would not compare."""
         if not self.built_by(model):
             raise ShituError(
-                f"index {directory} was built with model {self.model_name} {self.model_version} "
+                f"{self.place(directory)} was built with model {self.model_name} {self.model_version} "
                 f"(sha256 {self.model_sha256[:12]}, {self.embedding_size}-d), not with {model.describe()}; "
                 f"rebuild it with 'shitu build-index' or pass the matching --model")
 
@@ -129,9 +147,13 @@ class Manifest:
 
     def entries(self) -> dict[str, str]:
         """``{key: JSON text}`` as stored; a calibration that is absent is not written."""
+        return {key: json.dumps(value) for key, value in self.json_values().items()}
+
+    def json_values(self) -> dict:
+        """``{key: value}`` of every entry to store, unknown ones included; an absent optional one is left out."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        values = {key: value for key, value in values.items() if value is not None or key in REQUIRED}
-        return {key: json.dumps(value) for key, value in {**self.extra, **values}.items()}
+        values = {key: value for key, value in values.items() if value is not None or key in self.required}
+        return {**self.extra, **values}
 
     def committed(self, faiss_file: str, generation: int, count: int, labels: int, next_id: int) -> "Manifest":
         """This manifest naming a newly committed state."""
@@ -145,11 +167,12 @@ def next_id_after(next_id: int, used) -> int:
     return max([next_id] + [int(i) + 1 for i in used])
 
 
-def require(directory: Path, key: str, value, kind: type):
+def require(where: str, key: str, value, kind: type):
     if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-        raise damaged(directory, f"entry {key!r} is {value!r}, not a "
-                                 f"{'non-negative integer' if kind is int else 'string'}")
+        raise damaged(where, f"its manifest entry {key!r} is {value!r}, not a "
+                             f"{'non-negative integer' if kind is int else 'string'}")
 
 
-def damaged(directory: Path, what: str) -> ShituError:
-    return ShituError(f"index {directory} is damaged: its manifest {what}; rebuild it with 'shitu build-index'")
+def damaged(where: str, what: str) -> ShituError:
+    """The error of a damaged manifest; ``where`` as ``Manifest.place`` names it."""
+    return ShituError(f"{where} is damaged: {what}; rebuild it with 'shitu build-index'")

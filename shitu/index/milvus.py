@@ -30,6 +30,7 @@ proves the protocol and the semantics above, not a distributed deployment's spee
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -40,17 +41,16 @@ import numpy as np
 
 from shitu.errors import ShituError
 from shitu.index.database import show
-from shitu.index.manifest import now
+from shitu.index.manifest import FORMAT_VERSION, METRIC, now
+from shitu.index.milvus_manifest import MilvusManifest
 from shitu.index.milvus_url import GENERATION, MilvusURL, connect, explain, no_gallery, parse_url, pymilvus_module, release
 from shitu.index.storage import Change, Row
 
-FORMAT_VERSION = 1
 MANIFEST_KEY = "shitu.manifest"
 LABEL_BYTES, PATH_BYTES = 4096, 65535  # VARCHAR limits (Milvus counts bytes; 65535 is its maximum)
 BATCH = 2000  # rows per insert call: ~4.5 MB of 512-d vectors, far below gRPC's 64 MB message limit
 ID_CHUNK = 1000  # ids per "id in [...]" expression
 PENDING_LIMIT = 20_000  # ids one pending record may hold (it lives in a collection property)
-NORM_TOLERANCE = 1e-3
 MAX_TOPK = 16384  # Milvus's limit on k
 
 # Index choice, from bench/search.py's Milvus Lite peer (2 shared cores, gallery-shaped vectors; the
@@ -60,17 +60,10 @@ MAX_TOPK = 16384  # Milvus's limit on k
 # and every ef from 16 to 128; M 32 built 1.4x slower at 1e5 and doubles the graph, efConstruction 100
 # was not faster (67.6 s against 70.6 s), ef 64 keeps the margin FAISS's isotropic worst case needs.
 AUTO_FLAT_LIMIT = 10_000
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF = 16, 200, 64
-IVF_NPROBE = 16
+HNSW_M, HNSW_EF_CONSTRUCTION = 16, 200  # the search's ef and IVF's nprobe are the manifest's (64, 16)
 LITE_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "HNSW_SQ", "IVF_SQ8")  # what Milvus Lite builds
 SERVER_ONLY_TYPES = ("DISKANN", "IVF_PQ", "IVF_RABITQ")  # a Milvus server only (no Lite backend)
 MILVUS_TYPES = LITE_TYPES + SERVER_ONLY_TYPES
-
-MANIFEST_TYPES = {"format_version": int, "model_name": str, "model_version": str, "model_sha256": str,
-                  "embedding_size": int, "index_type": str, "generation": int, "count": int, "labels": int,
-                  "next_id": int}
-OPTIONAL_TYPES = {"input_size": int, "ef_search": int, "nprobe": int, "gallery_root": str, "model_path": str}
-
 
 
 # -- rows -------------------------------------------------------------------------------------------
@@ -130,60 +123,14 @@ def build_params(kind: str, count: int) -> dict:
     return {}
 
 
-def search_params(manifest: dict, k: int) -> dict:
-    kind = manifest["index_type"]
+def search_params(manifest: MilvusManifest, k: int) -> dict:
+    kind = manifest.index_type
     params = {}
     if kind.startswith("HNSW"):
-        params = {"ef": max(k, int(manifest.get("ef_search", HNSW_EF)))}
+        params = {"ef": max(k, manifest.ef_search)}
     elif kind.startswith("IVF"):
-        params = {"nprobe": int(manifest.get("nprobe", IVF_NPROBE))}
+        params = {"nprobe": manifest.nprobe}
     return {"metric_type": "IP", "params": params}
-
-
-# -- the manifest -----------------------------------------------------------------------------------
-def validate_manifest(manifest, where: str) -> dict:
-    """The manifest as a dict; refuses other format versions and entries of the wrong type."""
-    if not isinstance(manifest, dict):
-        raise damaged(where, "its manifest is not a JSON object")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ShituError(f"{where} has format version {manifest.get('format_version')!r}; this shitu reads "
-                         f"version {FORMAT_VERSION}: rebuild it with 'shitu build-index'")
-    for key, kind in {**MANIFEST_TYPES, **OPTIONAL_TYPES}.items():
-        if key not in manifest:
-            if key in MANIFEST_TYPES:
-                raise damaged(where, f"its manifest entry {key!r} is missing")
-            continue
-        value = manifest[key]
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-            raise damaged(where, f"its manifest entry {key!r} is {value!r}")
-    if manifest["embedding_size"] < 1:
-        raise damaged(where, f"its manifest entry 'embedding_size' is {manifest['embedding_size']}")
-    if "pending" in manifest and not valid_pending(manifest["pending"]):
-        raise damaged(where, "its record of an interrupted change is not a list of ids and labels")
-    return manifest
-
-
-def valid_pending(pending) -> bool:
-    """``{"delete": [id, ...], "relabel": {"id": label}}``, as ``MilvusSnapshot.apply`` writes it."""
-    if not isinstance(pending, dict) or set(pending) - {"delete", "relabel"}:
-        return False
-    deletes, relabel = pending.get("delete", []), pending.get("relabel", {})
-    return (isinstance(deletes, list) and all(type(i) is int for i in deletes) and isinstance(relabel, dict)
-            and all(key.isdigit() and isinstance(label, str) for key, label in relabel.items()))
-
-
-def damaged(where: str, what: str) -> ShituError:
-    return ShituError(f"{where} is damaged: {what}; rebuild it with 'shitu build-index'")
-
-
-def require_model(manifest: dict, model, where: str):
-    """Refuse a gallery built by another model (``model``: a ``shitu.embed.ModelInfo``)."""
-    m = manifest
-    if m["model_sha256"] != model.sha256 or m["embedding_size"] != model.embedding_size:
-        raise ShituError(
-            f"{where} was built with model {m['model_name']} {m['model_version']} "
-            f"(sha256 {m['model_sha256'][:12]}, {m['embedding_size']}-d), not with {model.describe()}; "
-            f"rebuild it with 'shitu build-index' or pass the matching --model")
 
 
 # -- the store --------------------------------------------------------------------------------------
@@ -238,22 +185,17 @@ class MilvusStore:
                                  f"(a shitu gallery is an alias to COLLECTION__g<N>); choose another name")
             return None
 
-    def manifest_of(self, collection: str) -> dict:
+    def manifest_of(self, collection: str) -> MilvusManifest:
         """The validated manifest stored with ``collection``."""
-        where = f"gallery {self.url} ({collection})"
         try:
             properties = self.client.describe_collection(collection).get("properties", {})
         except self.errors:
             raise ShituError(f"gallery {self.url} is damaged: its alias names {collection}, which does not "
                              f"exist (run 'shitu check --repair --store {self.url.text}')") from None
         if MANIFEST_KEY not in properties:
-            raise ShituError(f"{where} holds no finished shitu gallery (no manifest); run 'shitu build-index' "
-                             f"again")
-        try:
-            manifest = json.loads(properties[MANIFEST_KEY])
-        except ValueError:
-            raise damaged(where, "its manifest is not JSON") from None
-        return validate_manifest(manifest, where)
+            raise ShituError(f"gallery {self.url} ({collection}) holds no finished shitu gallery (no manifest); "
+                             f"run 'shitu build-index' again")
+        return MilvusManifest.from_property(properties[MANIFEST_KEY], self.url, collection)
 
     def snapshot(self, model=None) -> "MilvusSnapshot":
         """The live generation and its manifest; with ``model``, refuse one built by another model."""
@@ -263,7 +205,7 @@ class MilvusStore:
         manifest = self.manifest_of(collection)
         snapshot = MilvusSnapshot(self, collection, manifest)
         if model is not None:
-            require_model(manifest, model, f"gallery {self.url}")
+            manifest.require_model(model, self.url)
         self.ensure_loaded(collection)
         return snapshot
 
@@ -277,7 +219,8 @@ class MilvusStore:
     def write_generation(self, rows: list[dict], manifest: dict) -> str:
         """Write ``rows`` and ``manifest`` as a new collection, then switch the alias to it (the commit).
 
-        ``rows``: dicts with id, path, label, sha256, vector. ``manifest["index_type"]`` is a Milvus type.
+        ``rows``: dicts with id, path, label, sha256, vector. ``manifest``: the build's manifest entries as a
+        JSON object (``Manifest.json_values``); its ``index_type`` is a Milvus type.
         """
         name = self.stage_generation(rows, manifest)
         self.publish_generation(name)
@@ -292,17 +235,17 @@ class MilvusStore:
         """
         require_storable(rows, self.url)
         live = self.live()
-        floor = self.manifest_of(live)["generation"] if live and has_manifest(self, live) else 0
+        floor = self.manifest_of(live).generation if live and has_manifest(self, live) else 0
         generation = max([floor, *self.generations()]) + 1
         name = self.generation_name(generation)
-        manifest = {**manifest, "format_version": FORMAT_VERSION, "generation": generation, "faiss_file": name,
-                    "store": "milvus", "metric": "inner_product", "updated_at": now()}
-        validate_manifest(manifest, f"gallery {self.url}")
+        stamped = {**manifest, "format_version": FORMAT_VERSION, "generation": generation, "faiss_file": name,
+                   "store": "milvus", "metric": METRIC, "updated_at": now()}
+        manifest = MilvusManifest.from_values(stamped, self.url)
         self.create_collection(name, manifest, len(rows))
         try:
             self.insert_rows(name, rows)
             self.call("flush", name)
-            self.write_manifest(name, manifest)
+            self.write_manifest(name, manifest.json_values())
         except BaseException:
             self.drop_quietly(name)
             raise
@@ -317,18 +260,18 @@ class MilvusStore:
             self.call("alter_alias", name, self.url.collection)
         self.drop_leftovers(keep={name, live})
 
-    def create_collection(self, name: str, manifest: dict, count: int):
+    def create_collection(self, name: str, manifest: MilvusManifest, count: int):
         pymilvus = pymilvus_module()
         schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         DataType = pymilvus.DataType
         schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(manifest["embedding_size"]))
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=manifest.embedding_size)
         schema.add_field("label", DataType.VARCHAR, max_length=LABEL_BYTES)
         schema.add_field("path", DataType.VARCHAR, max_length=PATH_BYTES)
         schema.add_field("sha256", DataType.VARCHAR, max_length=64)
         schema.add_field("added_at", DataType.VARCHAR, max_length=32)
         index = self.client.prepare_index_params()
-        kind = manifest["index_type"]
+        kind = manifest.index_type
         index.add_index(field_name="vector", index_type=kind, metric_type="IP", params=build_params(kind, count))
         index.add_index(field_name="path", index_type="INVERTED")
         index.add_index(field_name="label", index_type="INVERTED")
@@ -346,8 +289,9 @@ class MilvusStore:
                      for r in rows[start:start + BATCH]]
             self.call(method, collection, batch)
 
-    def write_manifest(self, collection: str, manifest: dict):
-        self.call("alter_collection_properties", collection, properties={MANIFEST_KEY: json.dumps(manifest)})
+    def write_manifest(self, collection: str, values: dict):
+        """Store a manifest's JSON object (``MilvusManifest.json_values``) with ``collection``."""
+        self.call("alter_collection_properties", collection, properties={MANIFEST_KEY: json.dumps(values)})
 
     def drop_quietly(self, name: str):
         try:
@@ -387,7 +331,7 @@ class MilvusSnapshot:
 
     store: MilvusStore
     collection: str
-    manifest: dict
+    manifest: MilvusManifest
     _before: dict | None = field(default=None, repr=False)  # labels a staged change touches, and whether they existed
 
     @property
@@ -400,7 +344,7 @@ class MilvusSnapshot:
         try:
             live = self.store.live()
             return live == self.collection and \
-                self.store.manifest_of(live)["generation"] == self.manifest["generation"]
+                self.store.manifest_of(live).generation == self.manifest.generation
         except ShituError:
             return False
 
@@ -469,7 +413,7 @@ class MilvusSnapshot:
         for entity in self.iterate(["id", "vector"], batch=1024):
             ids.append(int(entity["id"]))
             vectors.append(np.asarray(entity["vector"], dtype=np.float32))
-        size = int(self.manifest["embedding_size"])
+        size = self.manifest.embedding_size
         matrix = np.stack(vectors) if vectors else np.zeros((0, size), np.float32)
         return np.array(ids, dtype=np.int64), matrix
 
@@ -519,10 +463,10 @@ class MilvusSnapshot:
         return found
 
     # -- changing in place --------------------------------------------------------------------------
-    def apply(self, change: Change) -> dict:
+    def apply(self, change: Change) -> MilvusManifest:
         """Apply ``change`` by the recoverable protocol of the module docstring; returns the new manifest."""
         self.stage(change)
-        return self.publish(change, max([int(self.manifest["next_id"])] + [int(record(r)["id"]) + 1
+        return self.publish(change, max([self.manifest.next_id] + [int(record(r)["id"]) + 1
                                                                           for r in change.new_rows]))
 
     def stage(self, change: Change) -> list[int]:
@@ -530,7 +474,7 @@ class MilvusSnapshot:
         Returns their ids, which ``abandon`` deletes when the change does not go on."""
         require_storable(change.new_rows, self.store.url)
         self.require_unchanged()
-        floor = int(self.manifest["next_id"])
+        floor = self.manifest.next_id
         if any(int(record(r)["id"]) < floor for r in change.new_rows):
             raise ShituError(f"{self.where}: new rows must take ids from {floor} on (ids are never reused)")
         self._before = self.labels_touched(change)
@@ -547,7 +491,7 @@ class MilvusSnapshot:
             {row.label for row in old.values()}
         return {label: self.has("label", label) for label in touched}
 
-    def publish(self, change: Change, next_id: int) -> dict:
+    def publish(self, change: Change, next_id: int) -> MilvusManifest:
         """Steps 2-4: record the deletes and relabels in the manifest, apply them, commit the counts.
 
         A removal of more than ``PENDING_LIMIT`` rows is committed in parts, so that each pending record
@@ -555,13 +499,13 @@ class MilvusSnapshot:
         """
         before = self._before if self._before is not None else self.labels_touched(change)
         self._before = None
-        labels_before = int(self.manifest["labels"])
+        labels_before = self.manifest.labels
         deletes = sorted({int(i) for i in change.delete_ids})
         relabel = {str(int(i)): label for i, label in change.relabel.items()}
         parts = [deletes[start:start + PENDING_LIMIT] for start in range(0, len(deletes), PENDING_LIMIT)] or [[]]
         for number, part in enumerate(parts):
             pending = {"delete": part, "relabel": relabel if number == 0 else {}}
-            self.commit({"next_id": max(next_id, int(self.manifest["next_id"])), "pending": pending})
+            self.commit({"next_id": max(next_id, self.manifest.next_id), "pending": pending})
             self.replay(pending)
             labels = labels_before + sum(int(self.has("label", l)) - int(had) for l, had in before.items())
             self.commit({"pending": None, "count": self.count(), "labels": labels}, new_generation=True)
@@ -592,8 +536,8 @@ class MilvusSnapshot:
 
     def unfinished(self) -> tuple[dict | None, list[int]]:
         """What an interrupted change left: its pending record, and rows above ``next_id``."""
-        above = [int(e["id"]) for e in self.iterate(["id"], f"id >= {int(self.manifest['next_id'])}")]
-        return self.manifest.get("pending"), above
+        above = [int(e["id"]) for e in self.iterate(["id"], f"id >= {self.manifest.next_id}")]
+        return self.manifest.pending, above
 
     def recover(self) -> list[str]:
         """Finish an interrupted change: replay its pending record, or delete the rows it had only
@@ -615,15 +559,15 @@ class MilvusSnapshot:
     def commit(self, updates: dict, new_generation: bool = False):
         """Write the manifest with ``updates`` (None removes an entry), after checking nobody else did."""
         self.require_unchanged()
-        manifest = {**self.manifest, **updates, "updated_at": now()}
+        updates = {**updates, "updated_at": now()}
         if new_generation:
-            manifest["generation"] = int(manifest["generation"]) + 1
-        manifest = {key: value for key, value in manifest.items() if value is not None}
-        self.store.write_manifest(self.collection, manifest)
+            updates["generation"] = self.manifest.generation + 1
+        manifest = dataclasses.replace(self.manifest, **updates)
+        self.store.write_manifest(self.collection, manifest.json_values())
         self.manifest = manifest
 
     def require_unchanged(self):
         """Refuse to commit over a manifest another writer changed since we read it."""
         stored = self.store.manifest_of(self.collection)
-        if (stored["generation"], stored.get("pending")) != (self.manifest["generation"], self.manifest.get("pending")):
+        if (stored.generation, stored.pending) != (self.manifest.generation, self.manifest.pending):
             raise ShituError(f"{self.where} was changed by another process; nothing more was changed, try again")

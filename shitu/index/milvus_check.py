@@ -8,35 +8,31 @@ the manifest, a vector field or index of another dimension or metric, leftover g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from shitu.errors import ShituError
-from shitu.index.milvus import NORM_TOLERANCE, MilvusSnapshot, MilvusStore, has_manifest, show
+from shitu.index.findings import NORM_TOLERANCE, Findings
+from shitu.index.milvus import MilvusSnapshot, MilvusStore, has_manifest, show
 from shitu.index.milvus_url import no_gallery
 
 
 @dataclass
-class Findings:
-    """What ``inspect`` found: problems (message, repairable), notes, leftover generations."""
+class GalleryFindings(Findings):
+    """``Findings`` of a gallery: its leftovers are generations (collection names), and ``orphan`` is a
+    complete generation the alias should name (the alias is missing)."""
 
-    problems: list[tuple[str, bool]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    leftovers: list[str] = field(default_factory=list)
-    orphan: str | None = None  # a complete generation the alias should name (the alias is missing)
-
-    def problem(self, message: str, repairable: bool = False):
-        self.problems.append((message, repairable))
+    orphan: str | None = None
 
 
-def inspect(store: MilvusStore, model=None) -> Findings:
+def inspect(store: MilvusStore, model=None) -> GalleryFindings:
     """Every way a Milvus gallery can be wrong that Milvus lets us see.
 
     Rows without vectors and vectors without rows, the FAISS store's worst case, cannot happen here:
     one entity holds both and the vector field is not nullable.
     """
-    findings = Findings()
+    findings = GalleryFindings()
     live = store.live()
     if live is None:
         complete = [name for _, name in sorted(store.generations().items()) if has_manifest(store, name)]
@@ -55,9 +51,9 @@ def inspect(store: MilvusStore, model=None) -> Findings:
     m = snapshot.manifest
     if model is None:
         findings.notes.append("model not checked: no model given")
-    elif m["model_sha256"] != model.sha256 or m["embedding_size"] != model.embedding_size:
-        findings.problem(f"gallery was built with model {m['model_name']} {m['model_version']} (sha256 "
-                         f"{m['model_sha256'][:12]}), not with {model.describe()}; its vectors cannot be "
+    elif not m.built_by(model):
+        findings.problem(f"gallery was built with model {m.model_name} {m.model_version} (sha256 "
+                         f"{m.model_sha256[:12]}), not with {model.describe()}; its vectors cannot be "
                          f"reused: rebuild it with 'shitu build-index'")
     check_schema(store, snapshot, findings)
     pending, above = snapshot.unfinished()
@@ -65,7 +61,7 @@ def inspect(store: MilvusStore, model=None) -> Findings:
         findings.problem(f"an interrupted change is pending ({len(pending.get('delete', []))} deletes, "
                          f"{len(pending.get('relabel', {}))} relabels)", repairable=True)
     elif above:
-        findings.problem(f"{len(above)} rows above next_id {m['next_id']} were left by an interrupted add "
+        findings.problem(f"{len(above)} rows above next_id {m.next_id} were left by an interrupted add "
                          f"(ids {show(above)})", repairable=True)
     check_rows(snapshot, findings)
     keep = {live, store.previous_live(live)}
@@ -80,9 +76,9 @@ def check_schema(store: MilvusStore, snapshot: MilvusSnapshot, findings: Finding
     """The vector field has the manifest's dimension and an inner-product index."""
     fields = {f["name"]: f for f in store.call("describe_collection", snapshot.collection)["fields"]}
     dim = int(fields.get("vector", {}).get("params", {}).get("dim", 0))
-    if dim != snapshot.manifest["embedding_size"]:
+    if dim != snapshot.manifest.embedding_size:
         findings.problem(f"{snapshot.collection} holds {dim}-d vectors, the manifest says "
-                         f"{snapshot.manifest['embedding_size']}-d; rebuild it with 'shitu build-index'")
+                         f"{snapshot.manifest.embedding_size}-d; rebuild it with 'shitu build-index'")
     index = store.call("describe_index", snapshot.collection, "vector") or {}
     if index.get("metric_type") != "IP":
         findings.problem(f"{snapshot.collection}'s vector index uses metric {index.get('metric_type')!r}, not "
@@ -100,8 +96,8 @@ def check_rows(snapshot: MilvusSnapshot, findings: Findings):
         if not abs(norm - 1.0) <= NORM_TOLERANCE:  # also catches NaN, which Milvus accepts
             not_unit.append(int(entity["id"]))
     m = snapshot.manifest
-    if (m["count"], m["labels"]) != (count, len(labels)):
-        findings.problem(f"manifest says {m['count']} images of {m['labels']} labels, the collection holds "
+    if (m.count, m.labels) != (count, len(labels)):
+        findings.problem(f"manifest says {m.count} images of {m.labels} labels, the collection holds "
                          f"{count} of {len(labels)}", repairable=True)
     repeated = {path: ids for path, ids in paths.items() if len(ids) > 1}
     if repeated:
@@ -113,18 +109,18 @@ def check_rows(snapshot: MilvusSnapshot, findings: Findings):
                          f"those files and add them again, or rebuild with 'shitu build-index'")
 
 
-def repair(store: MilvusStore, findings: Findings) -> list[str]:
+def repair(store: MilvusStore, findings: GalleryFindings) -> list[str]:
     """Fix what ``inspect`` marked repairable, then drop leftover generations."""
     done = []
     if findings.orphan:
         store.call("create_alias", findings.orphan, store.url.collection)
         done.append(f"pointed alias {store.url.collection} at {findings.orphan}")
-    if any(repairable for _, repairable in findings.problems):
+    if findings.repairable():
         snapshot = store.snapshot()
         done += snapshot.recover()
         done += drop_duplicate_paths(snapshot)
         fresh = {"count": snapshot.count(), "labels": len(snapshot.label_counts())}
-        if (snapshot.manifest["count"], snapshot.manifest["labels"]) != (fresh["count"], fresh["labels"]):
+        if (snapshot.manifest.count, snapshot.manifest.labels) != (fresh["count"], fresh["labels"]):
             snapshot.commit(fresh, new_generation=True)
             done.append(f"counted {fresh['count']} images of {fresh['labels']} labels into the manifest")
     live = store.live()

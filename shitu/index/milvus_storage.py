@@ -16,30 +16,25 @@ query reads nothing but its hits: a gallery of 10^8 rows is never read whole.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from shitu.embed import ModelInfo
+from shitu.embed import ModelInfo, file_sha256
 from shitu.errors import ShituError
 import shitu.index.milvus as milvus
 import shitu.index.milvus_check as milvus_check
+from shitu.index.findings import CheckReport
+from shitu.index.info import described
+from shitu.index.milvus_manifest import MilvusManifest
 from shitu.index.milvus_url import no_gallery, parse_url
 from shitu.index.manifest import Manifest
 from shitu.index.snapshot import Snapshot
 from shitu.index.storage import Change, Row
-
-
-def to_manifest(entries: dict, where: str) -> Manifest:
-    """The typed manifest of a Milvus gallery's stored dict."""
-    return Manifest.from_entries({key: json.dumps(value) for key, value in entries.items()}, where)
-
-
-def to_entries(manifest: Manifest) -> dict:
-    return {key: json.loads(text) for key, text in manifest.entries().items()}
 
 
 class MilvusRows(Mapping):
@@ -65,7 +60,7 @@ class MilvusRows(Mapping):
         return iter(self.whole())
 
     def __len__(self) -> int:
-        return len(self.whole()) if self.complete else int(self.snapshot.manifest["count"])
+        return len(self.whole()) if self.complete else self.snapshot.manifest.count
 
     def whole(self) -> dict[int, Row]:
         """Every row, read once (labels, images, evaluate need them all)."""
@@ -113,7 +108,7 @@ class MilvusStorage:
             return False
         return live is not None and milvus.has_manifest(self.store(), live)
 
-    def live_manifest(self) -> dict:
+    def live_manifest(self) -> MilvusManifest:
         store = self.store()
         live = store.live()
         if live is None:
@@ -122,7 +117,7 @@ class MilvusStorage:
 
     def manifest_value(self, key: str):
         try:
-            return self.live_manifest().get(key)
+            return self.live_manifest().json_values().get(key)
         except ShituError:
             return None
 
@@ -135,13 +130,12 @@ class MilvusStorage:
     def read(self, model: ModelInfo | None = None, with_vectors: bool = False) -> Snapshot:
         """The live generation: its manifest, rows on demand, and a search through Milvus."""
         gallery = self.store().snapshot(model)
-        manifest = to_manifest(gallery.manifest, f"gallery {self.url}")
         rows = MilvusRows(gallery)
         ids, vectors = gallery.all_vectors() if with_vectors else (None, None)
 
         def search(queries: np.ndarray, k: int):
             return searched(gallery, rows, queries, k)
-        return Snapshot(manifest, rows, search, self.current, ids, vectors, gallery)
+        return Snapshot(gallery.manifest, rows, search, self.current, ids, vectors, gallery)
 
     @contextmanager
     def writing(self, model: ModelInfo | None = None, damaged_ok: bool = False):
@@ -161,6 +155,38 @@ class MilvusStorage:
         elif not damaged_ok:
             raise no_gallery(self.url)
         yield session
+
+    def check(self, model_path: Path | None, repair: bool = False) -> CheckReport:
+        """``shitu.index.milvus_check``'s inspection (and repair) of the gallery as the seam's report."""
+        store = self.store()  # first: no gallery at all is an error, not a report
+        if model_path is not None and not model_path.is_file():
+            return CheckReport(self.directory, problems=[f"model not found: {model_path}"])
+        model = ModelFile(model_path, self.manifest_value("embedding_size")) if model_path is not None else None
+        findings = milvus_check.inspect(store, model)
+        repaired = milvus_check.repair(store, findings) if repair else []
+        if repaired:
+            findings = milvus_check.inspect(store, model)
+        return findings.report(self.directory, repaired)
+
+    def info(self) -> dict:
+        """What ``shitu info --json`` prints for a gallery: the folder store's keys, with the collection
+        where the folder has its FAISS file, and bytes only where Milvus Lite's folder shows them."""
+        snapshot = self.read()
+        gallery = snapshot.index
+        size = sum(p.stat().st_size for p in self.url.lite_path.rglob("*") if p.is_file()) if self.url.lite else None
+        return {"index": self.directory, "store": "milvus", "collection": gallery.collection,
+                **described(snapshot.manifest, gallery.count(), gallery.label_counts(), None, {"total": size})}
+
+
+class ModelFile:
+    """A model file as ``check`` compares it: by its bytes' sha256, as the folder store's check does (the
+    gallery's own embedding size stands in for the file's, which only opening the model would tell)."""
+
+    def __init__(self, path: Path, embedding_size):
+        self.path, self.sha256, self.embedding_size = path, file_sha256(path), embedding_size
+
+    def describe(self) -> str:
+        return str(self.path)
 
 
 def searched(gallery: milvus.MilvusSnapshot, rows: MilvusRows, queries: np.ndarray, k: int):
@@ -199,7 +225,7 @@ class MilvusSession:
         self.sync()
 
     def sync(self):
-        self.manifest = to_manifest(self.gallery.manifest, f"gallery {self.store.url}")
+        self.manifest = self.gallery.manifest
 
     # -- reading ------------------------------------------------------------------------------------
     def rows(self, ids) -> dict[int, Row]:
@@ -224,7 +250,7 @@ class MilvusSession:
         """An id at least as high as every stored one, without reading them all: the session recovered
         interrupted adds on opening, so no row is at or above ``next_id`` unless one was added since."""
         _, above = self.gallery.unfinished()
-        return max(above, default=int(self.gallery.manifest["next_id"]) - 1)
+        return max(above, default=self.gallery.manifest.next_id - 1)
 
     # -- a change in place ----------------------------------------------------------------------------
     def stage(self, change: Change, refill: bool = False) -> Staged:
@@ -237,9 +263,8 @@ class MilvusSession:
 
     # -- a whole new state ----------------------------------------------------------------------------
     def stage_all(self, rows: list[Row], manifest: Manifest) -> Staged:
-        entries = to_entries(manifest)
-        entries.update(count=len(rows), labels=len({row.label for row in rows}))
-        return Staged(collection=self.store.stage_generation(rows, entries))
+        counted = dataclasses.replace(manifest, count=len(rows), labels=len({row.label for row in rows}))
+        return Staged(collection=self.store.stage_generation(rows, counted.json_values()))
 
     def publish_all(self, staged: Staged) -> Manifest:
         self.store.publish_generation(staged.collection)
@@ -265,57 +290,3 @@ class MilvusSession:
         live = self.store.live()
         if live is not None:
             self.store.drop_leftovers({live, self.store.previous_live(live)})
-
-
-# -- check and info -----------------------------------------------------------------------------------
-class ModelFile:
-    """A model file as ``check`` compares it, by its bytes' sha256 (as the folder store's check does)."""
-
-    def __init__(self, path, embedding_size):
-        from shitu.embed import file_sha256
-
-        self.path, self.sha256, self.embedding_size = path, file_sha256(path), embedding_size
-
-    def describe(self) -> str:
-        return str(self.path)
-
-
-def check_gallery(storage: MilvusStorage, model_path, repair: bool = False):
-    """``check`` of a Milvus gallery: ``shitu.index.milvus_check.inspect`` (and ``repair``) as a CheckReport."""
-    from shitu.index.check import CheckReport
-
-    store = storage.store()
-    report = CheckReport(storage.directory)
-    if model_path is not None and not model_path.is_file():
-        report.problems = [f"model not found: {model_path}"]
-        return report
-    model = ModelFile(model_path, storage.manifest_value("embedding_size")) if model_path is not None else None
-    findings = milvus_check.inspect(store, model)
-    if repair:
-        report.repaired = milvus_check.repair(store, findings)
-        if report.repaired:
-            findings = milvus_check.inspect(store, model)
-    report.problems = [message for message, _ in findings.problems]
-    report.notes = findings.notes
-    return report
-
-
-def gallery_info(storage: MilvusStorage) -> dict:
-    """What ``shitu info --json`` prints for a Milvus gallery: the folder store's keys, with the
-    collection where the folder has its FAISS file, and bytes only where Milvus Lite's folder shows them."""
-    from shitu.index.calibration import calibration_info
-    from shitu.index.info import training_label_count
-
-    snapshot = storage.read()
-    m, gallery = snapshot.manifest, snapshot.index
-    label_counts = gallery.label_counts()
-    model = {"name": m.model_name, "version": m.model_version, "sha256": m.model_sha256, "path": m.model_path,
-             "input_size": m.input_size, "training_labels": training_label_count(m.model_path)}
-    url = storage.url
-    size = sum(p.stat().st_size for p in url.lite_path.rglob("*") if p.is_file()) if url.lite else None
-    return {"index": storage.directory, "store": "milvus", "collection": gallery.collection,
-            "format_version": m.format_version, "model": model, "embedding_size": m.embedding_size,
-            "index_type": m.index_type, "metric": m.metric, "count": gallery.count(), "labels": len(label_counts),
-            "label_counts": label_counts, "generation": m.generation, "faiss_file": None,
-            "gallery_root": m.gallery_root, "updated_at": m.updated_at, "bytes": {"total": size},
-            **calibration_info(m.threshold)}

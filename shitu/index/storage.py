@@ -1,10 +1,12 @@
 """The seam between an index and where it is kept: what crosses it (``Row``, ``Change``) and the two small
-interfaces a backend implements (``Storage`` to open and read, ``Session`` to change under the lock).
+interfaces a backend implements (``Storage`` to open, read, check and describe, ``Session`` to change under
+the lock).
 
-``shitu.index.folder.FolderStorage`` (a SQLite database and FAISS files in one folder) is the one
-implementation. Everything above it (build, edit, check, ``Snapshot``, the commit protocol in
-``shitu.index.commit``) talks to these interfaces only, so another backend (Milvus: rows as scalar fields
-beside the vectors, the manifest kept with the collection) implements them and nothing else changes.
+Two backends implement them: ``shitu.index.folder.FolderStorage`` (a SQLite database and FAISS files in
+one folder) and ``shitu.index.milvus_storage.MilvusStorage`` (rows as scalar fields beside the vectors, the
+manifest kept with the collection). Everything above them (build, edit, ``Snapshot``, the commit protocol
+in ``shitu.index.commit``, the ``Index`` facade) talks to these interfaces only; how a backend checks and
+describes itself is its own business, behind ``check`` and ``info``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shitu.embed import ModelInfo
+from shitu.index.findings import CheckReport
 from shitu.index.manifest import Manifest
 
 
@@ -74,6 +77,13 @@ class Storage(Protocol):
         """Hold the writer lock (a second writer is refused at once) and open the index for a change;
         ``damaged_ok``: the session opens even where no index, or a damaged one, is (a build replaces it,
         a repair reports it) and then has no manifest."""
+
+    def check(self, model_path: Path | None, repair: bool = False) -> CheckReport:
+        """Every way the index can be wrong (``shitu check``); with ``repair``, what the backend can fix is
+        fixed. ``model_path``: the model file to compare with, or None (noted, not a problem)."""
+
+    def info(self) -> dict:
+        """What ``shitu info --json`` prints: contents, model, files and calibration."""
 
 
 class Session(Protocol):
