@@ -8,6 +8,8 @@ from shitu.errors import ShituError
 from shitu.index.database import Database
 from shitu.index.files import faiss_name, generation_of, leftover_files, next_generation
 from shitu.index.manifest import Manifest, next_id_after
+from shitu.index.milvus_manifest import MilvusManifest
+from shitu.index.milvus_url import parse_url
 from tests.conftest import REPO
 
 OLD_INDEX = REPO / "tests" / "fixtures" / "index-8d5b784"
@@ -58,3 +60,23 @@ def test_a_damaged_manifest_is_one_clear_error(tmp_path, key, value, message):
         entries[key] = value
     with pytest.raises(ShituError, match=message.replace("(", r"\(").replace(".", r"\.")):
         Manifest.from_entries(entries, tmp_path)
+
+
+def test_a_milvus_manifest_is_the_typed_manifest_in_one_json_object():
+    url = parse_url("milvus-lite:/srv/shop.db/shop")
+    folder = Manifest.from_entries(stored(OLD_INDEX), OLD_INDEX)
+    values = {**folder.json_values(), "faiss_file": "shop__g2", "store": "milvus",
+              "pending": {"delete": [3], "relabel": {"4": "tea"}}}
+    manifest = MilvusManifest.from_property(json.dumps(values), url, "shop__g2")
+    assert (manifest.count, manifest.next_id, manifest.pending["relabel"]) == (8, 10, {"4": "tea"})
+    assert manifest.json_values() == values  # what it writes back: the same keys and values
+    assert Manifest.from_values(values, url).extra == {"pending": values["pending"]}  # how older code reads it
+    bare = {k: v for k, v in values.items() if k not in ("faiss_file", "store")}
+    assert MilvusManifest.from_property(json.dumps(bare), url, "shop__g2") == manifest  # the collection names it
+    no_next_id = {k: v for k, v in values.items() if k != "next_id"}
+    assert Manifest.from_values(no_next_id, url).next_id == 1  # a folder's old manifest may lack it, a gallery's not
+    with pytest.raises(ShituError, match=r"gallery milvus-lite:/srv/shop.db/shop \(shop__g2\) is damaged: its "
+                                         r"manifest entry 'next_id' is missing"):
+        MilvusManifest.from_property(json.dumps(no_next_id), url, "shop__g2")
+    with pytest.raises(ShituError, match="record of an interrupted change"):
+        MilvusManifest.from_property(json.dumps({**bare, "pending": {"delete": ["3"]}}), url, "shop__g2")
