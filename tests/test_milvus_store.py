@@ -207,7 +207,7 @@ def test_rebuild_switches_the_alias_and_keeps_one_previous_generation(built):
 def test_rebuild_generation_numbers_never_repeat(built):
     store, vectors = built
     store.write_generation(gallery_rows(vectors[:5]), manifest(5, 3))
-    assert store.snapshot().manifest["generation"] == 2
+    assert store.snapshot().manifest.generation == 2
 
 
 def test_too_long_label_is_refused_before_anything_is_written(built):
@@ -250,13 +250,13 @@ def test_add_remove_relabel_keep_counts_and_never_reuse_ids(built):
     new = [{"id": 61, "path": "tea/a.jpg", "label": "tea", "sha256": "f" * 64, "vector": vectors[0]}]
     snapshot.apply(Change(delete_ids=[1, 2, 3], new_rows=new, relabel={4: "milk"}))
     again = store.snapshot()
-    assert (again.manifest["count"], again.manifest["labels"], again.manifest["next_id"]) == (58, 4, 62)
+    assert (again.manifest.count, again.manifest.labels, again.manifest.next_id) == (58, 4, 62)
     assert again.count() == 58 and again.rows([4])[4].label == "milk" and 1 not in again.rows([1])
     assert again.search(vectors[:1], 1)[0][0][1].id == 61
     with pytest.raises(ShituError, match="ids are never reused"):
         again.apply(Change(new_rows=[{**new[0], "id": 5}]))
     again.apply(Change(delete_ids=[r.id for r in again.images("tea")]))
-    assert store.snapshot().manifest["labels"] == 3
+    assert store.snapshot().manifest.labels == 3
 
 
 def test_repeating_a_change_is_harmless(built):
@@ -275,8 +275,8 @@ def test_large_removal_is_committed_in_parts(built, monkeypatch):
     monkeypatch.setattr(milvus, "PENDING_LIMIT", 7)
     snapshot = store.snapshot()
     snapshot.apply(Change(delete_ids=list(range(1, 31))))
-    assert snapshot.manifest["generation"] == 1 + 5 and store.snapshot().count() == 30
-    assert "pending" not in store.snapshot().manifest
+    assert snapshot.manifest.generation == 1 + 5 and store.snapshot().count() == 30
+    assert store.snapshot().manifest.pending is None
 
 
 def test_a_second_writer_is_refused_at_commit(built):
@@ -298,7 +298,7 @@ def test_odd_labels_are_selected_exactly(built):
     for n, label in enumerate(odd):
         assert [r.id for r in snapshot.images(label)] == [61 + n]
         assert [r.id for r in snapshot.matching("label", [label])] == [61 + n]
-    assert snapshot.manifest["labels"] == 7
+    assert snapshot.manifest.labels == 7
 
 
 # -- interruptions, check and repair -------------------------------------------------------------------
@@ -380,7 +380,7 @@ def test_a_change_cut_short_after_its_record_is_finished(built, monkeypatch):
         snapshot.commit({})  # the stopped writer's view is stale once another one has recovered
     again = store.snapshot()
     assert again.count() == 60 and 2 not in again.rows([2]) and again.rows([3])[3].label == "tea"
-    assert (again.manifest["count"], again.manifest["labels"], "pending" in again.manifest) == (60, 4, False)
+    assert (again.manifest.count, again.manifest.labels, again.manifest.pending) == (60, 4, None)
     assert milvus_check.inspect(store, FakeModel()).problems == []
 
 
@@ -449,7 +449,7 @@ def test_a_rebuild_after_changes_in_place_has_a_higher_generation(built):
     old = store.snapshot()
     old.apply(Change(delete_ids=[1]))
     old.apply(Change(delete_ids=[2]))
-    assert old.manifest["generation"] == 3 and old.is_current()
+    assert old.manifest.generation == 3 and old.is_current()
     store.write_generation(gallery_rows(vectors[:5]), manifest(5, 3))
     new = store.snapshot()
-    assert new.manifest["generation"] == 4 and new.collection == "gallery__g4" and not old.is_current()
+    assert new.manifest.generation == 4 and new.collection == "gallery__g4" and not old.is_current()

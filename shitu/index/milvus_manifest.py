@@ -48,13 +48,6 @@ class MilvusManifest(Manifest):
         if self.pending is not None and not valid_pending(self.pending):
             raise damaged(self.place(directory), "its record of an interrupted change is not a list of ids and labels")
 
-    # -- read by key, as the stored JSON object is (tools and tests that look at the property) -----------
-    def __getitem__(self, key: str):
-        return self.json_values()[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.json_values()
-
 
 def valid_pending(pending) -> bool:
     """``{"delete": [id, ...], "relabel": {"id": label}}``, as ``MilvusSnapshot.publish`` writes it."""
