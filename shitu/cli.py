@@ -10,17 +10,26 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
+from rich.markup import escape
 
 from shitu.errors import ShituError, UsageError
 from shitu.progress import TerminalReporter, printable, printable_values
+
+
+def as_written(help_text: str) -> str:
+    """Help text whose brackets stay literal: typer renders help as rich markup, where ``[/COLLECTION]``
+    closes a tag (a crash) and ``[milvus]`` opens one (hidden); unless TYPER_USE_RICH=0 makes it plain text."""
+    return escape(help_text) if getattr(typer.core, "HAS_RICH", True) else help_text
+
 
 app = typer.Typer(help="Recognise products in photos: PP-LCNet-2.5x embeddings, FAISS search, SQLite labels.",
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
 INDEX = typer.Option(Path("index"), "--index", help="Index directory.")
-STORE = typer.Option(None, "--store", help="Keep the index in Milvus instead of --index: "
-                     "milvus://[USER:PASSWORD@]HOST[:PORT]/COLLECTION (a server) or milvus-lite:PATH.db[/COLLECTION] "
-                     "(embedded Milvus Lite); needs pip install 'shitu[milvus]'.")
+STORE = typer.Option(None, "--store", help=as_written(
+    "Keep the index in Milvus instead of --index: milvus://[USER:PASSWORD@]HOST[:PORT]/COLLECTION (a server) or "
+    "milvus-lite:PATH.db[/COLLECTION] (embedded Milvus Lite); needs pip install 'shitu[milvus]'."))
 MODEL = typer.Option(None, "--model", help="ONNX model file, or 'fp32' / 'int8' for the shipped models "
                      "(default: the model the index was built with, else the shipped fp32 model).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")

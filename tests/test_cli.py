@@ -250,6 +250,46 @@ def test_tables_print_labels_verbatim_never_as_markup(tmp_path, tiny_model):
     assert "Kiwi [organic]" in result.stdout and "[bold]Garlic" in result.stdout and "Cola [/can]" in result.stdout
 
 
+STORE_HELP = ("Keep the index in Milvus instead of --index: milvus://[USER:PASSWORD@]HOST[:PORT]/COLLECTION (a "
+              "server) or milvus-lite:PATH.db[/COLLECTION] (embedded Milvus Lite); needs pip install 'shitu[milvus]'.")
+
+
+def as_read(output: str) -> str:
+    """Help as one line of words: the panel borders and the wrapping gone."""
+    return " ".join(output.replace("\u2502", " ").split())
+
+
+def test_every_help_renders_its_brackets_as_written():
+    """Typer renders help as rich markup: '[/COLLECTION]' in --store's help once crashed every --help that
+    has the option, and '[milvus]' would vanish as an unknown style."""
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    assert shitu("--help").exit_code == 0
+    with_store = set()
+    for name, command in commands.items():
+        result = runner.invoke(app, [name, "--help"], env={"COLUMNS": "120"})
+        assert result.exit_code == 0, (name, result.output, result.exception)
+        shown = as_read(result.output)
+        for text in [command.help] + [param.help for param in command.params]:
+            if text:  # the command's and each option's help as its author wrote it, brackets included
+                assert as_read(text.replace("\\[", "[")) in shown, (name, text)
+        if any("--store" in param.opts for param in command.params):
+            with_store.add(name)
+            assert STORE_HELP in shown, name
+    assert {"build-index", "add", "remove", "check", "info", "query", "eval", "calibrate", "serve"} <= with_store
+
+
+def test_help_without_rich_shows_no_escapes():
+    """TYPER_USE_RICH=0 prints help as plain text: the brackets must not come with backslashes."""
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "shitu", "check", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "TYPER_USE_RICH": "0", "COLUMNS": "120"})
+    assert result.returncode == 0, result.stderr
+    assert STORE_HELP in as_read(result.stdout) and "\\" not in result.stdout
+
+
 def test_eval_matches_nfd_query_labels_and_warns_about_dropped_queries(tmp_path, tiny_model):
     import unicodedata
 
