@@ -316,6 +316,31 @@ def test_model_mismatch_is_found_but_not_repairable(built, other_tiny_model):
     assert code == 1 and report["repaired"] == [] and snapshot(built) == files
 
 
+def test_a_gallery_without_its_alias_is_checked_against_the_right_model(colour_gallery, tiny_model,
+                                                                        other_tiny_model, tmp_path):
+    """Without the alias the live manifest cannot be found; the model is compared with the manifest of
+    the generation the alias should name, so the right model is no mismatch, before or after --repair."""
+    pytest.importorskip("milvus_lite")
+    from shitu.index.milvus import MilvusStore
+
+    url = f"milvus-lite:{tmp_path / 'gallery.db'}"
+    assert shitu("build-index", colour_gallery, "--store", url, "--model", tiny_model, "-q").exit_code == 0
+    with MilvusStore.open(url) as store:
+        live = store.live()
+        store.client.drop_alias(store.url.collection)
+    missing = f"alias gallery is missing; {live} is the newest complete generation"
+    result = shitu("check", "--store", url, "--model", other_tiny_model, "--json")
+    assert result.exit_code == 1 and "was built with model mean-colour" in json.loads(result.stdout)["problems"][1]
+    result = shitu("check", "--store", url, "--model", tiny_model, "--json")
+    assert (result.exit_code, json.loads(result.stdout)["problems"]) == (1, [missing]), result.output
+    result = shitu("check", "--store", url, "--model", tiny_model, "--json", "--repair")
+    report = json.loads(result.stdout)
+    assert (result.exit_code, report["problems"]) == (0, []), result.output
+    assert report["repaired"] == [f"pointed alias gallery at {live}"]
+    result = shitu("check", "--store", url, "--model", tiny_model, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"]
+
+
 def test_leftover_files_are_noted_and_repair_removes_them(built, tiny_model):
     live = Database(built).manifest().faiss_file
     leftovers = ["vectors.99.faiss", ".vectors.100.faiss.tmp", ".gallery.db.tmp"]

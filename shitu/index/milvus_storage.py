@@ -161,7 +161,7 @@ class MilvusStorage:
         store = self.store()  # first: no gallery at all is an error, not a report
         if model_path is not None and not model_path.is_file():
             return CheckReport(self.directory, problems=[f"model not found: {model_path}"])
-        model = ModelFile(model_path, self.manifest_value("embedding_size")) if model_path is not None else None
+        model = ModelFile(model_path) if model_path is not None else None
         findings = milvus_check.inspect(store, model)
         repaired = milvus_check.repair(store, findings) if repair else []
         if repaired:
@@ -179,11 +179,11 @@ class MilvusStorage:
 
 
 class ModelFile:
-    """A model file as ``check`` compares it: by its bytes' sha256, as the folder store's check does (the
-    gallery's own embedding size stands in for the file's, which only opening the model would tell)."""
+    """A model file as ``check`` compares it: by its bytes' sha256, as the folder store's check does, without
+    opening it (and without the live manifest, which a missing alias hides)."""
 
-    def __init__(self, path: Path, embedding_size):
-        self.path, self.sha256, self.embedding_size = path, file_sha256(path), embedding_size
+    def __init__(self, path: Path):
+        self.path, self.sha256 = path, file_sha256(path)
 
     def describe(self) -> str:
         return str(self.path)
