@@ -13,7 +13,8 @@ from shitu.errors import ShituError
 
 BACKBONES = ("pplcnet", "efficientnet_lite0", "efficientnet_lite2")
 MIX_KINDS = ("off", "mixup", "cutmix", "both")
-DISTILL_KINDS = ("cosine", "relational", "logits")
+DISTILL_KINDS = ("cosine", "contrastive", "relational", "logits")
+FEATURE_KINDS = ("cosine", "contrastive")  # a projection onto the teacher's features: either loads into the other
 
 
 @dataclass
@@ -44,8 +45,8 @@ class TrainConfig:
     triplet_margin: float = 0.5
     teacher: str = "efficientnet_lite0"
     distill_weight: float = 2.0
-    distill_kind: str = "cosine"  # cosine or relational on features; logits: KL on ImageNet classes
-    distill_temperature: float = 1.0  # softens both distributions for distill_kind = logits
+    distill_kind: str = "cosine"  # cosine, contrastive or relational on features; logits: KL on ImageNet classes
+    distill_temperature: float = 0.0  # logits: softens both distributions; contrastive: InfoNCE's. 0: 1.0 / 0.1
     teacher_views: int = 0  # > 0: this many fixed augmented views per image, teacher features cached
     distill_data: str = ""  # root of photos used only under the teacher (no product labels needed)
     distill_lists: list[str] = field(default_factory=list)  # list files below distill_data; none: walk it
@@ -68,6 +69,10 @@ class TrainConfig:
     export_size: int = 0  # 0: the last training resolution
     amp: str = "auto"  # mixed precision: auto (fp16 on a GPU, off on a CPU), off, fp16, bf16
     init_from: str = ""  # a checkpoint (.pt) or exported model (.onnx, "fp32") to start from
+
+    def temperature(self) -> float:
+        """``distill_temperature``, or the distillation kind's default when it is 0."""
+        return self.distill_temperature or {"logits": 1.0, "contrastive": 0.1}.get(self.distill_kind, 1.0)
 
     def resolution_at(self, epoch: int) -> int:
         """Training image side for a 0-based ``epoch`` (progressive resizing)."""
@@ -92,7 +97,7 @@ class TrainConfig:
             (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
             (self.amp in ("auto", "off", "fp16", "bf16"), "amp must be auto, off, fp16 or bf16"),
             (self.distill_kind in DISTILL_KINDS, f"distill_kind must be one of {', '.join(DISTILL_KINDS)}"),
-            (self.distill_temperature > 0, "distill_temperature must be > 0"),
+            (self.distill_temperature >= 0, "distill_temperature must be >= 0 (0: the kind's default)"),
             (self.distill_batch >= 0, "distill_batch must be >= 0"),
             (not (self.distill_batch or self.distill_val_list) or bool(self.distill_data),
              "distill_batch and distill_val_list need distill_data (the folder of distillation photos)"),

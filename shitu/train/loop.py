@@ -17,8 +17,8 @@ from torch import nn
 from shitu.errors import ShituError
 from shitu.metrics import recall_at_1_of_vectors
 from shitu.nn.heads import ArcMarginHead
-from shitu.nn.losses import cosine_distillation, logit_distillation, relational_distillation, \
-    triplet_angular_margin
+from shitu.nn.losses import contrastive_distillation, cosine_distillation, logit_distillation, \
+    relational_distillation, triplet_angular_margin
 from shitu.progress import SILENT, Reporter
 from shitu.train.augment import augment, fixed_views
 from shitu.train.batchnorm import CALIBRATION_IMAGES, calibration_batches, recalibrate_batch_norm
@@ -234,7 +234,9 @@ class Trainer:
                 parts["distill"] = cosine_distillation(projected - projected.mean(0), target - target.mean(0)) \
                     * c.distill_weight
             elif c.distill_kind == "logits":
-                parts["distill"] = logit_distillation(projected, target, c.distill_temperature) * c.distill_weight
+                parts["distill"] = logit_distillation(projected, target, c.temperature()) * c.distill_weight
+            elif c.distill_kind == "contrastive":
+                parts["distill"] = contrastive_distillation(projected, target, c.temperature()) * c.distill_weight
             else:
                 parts["distill"] = relational_distillation(embeddings, target) * c.distill_weight
         return parts

@@ -1,8 +1,8 @@
 """Starting a run from another run's weights or from an exported ONNX model.
 
 The network's weights come from the source; a classification head only from a checkpoint with the same
-labels, a distillation projection only from a checkpoint with the same teacher and distillation kind. What is missing is
-fitted to the loaded network, so a fine-tune starts from it instead of fighting random layers:
+labels, a distillation projection only from a checkpoint with the same teacher and target (the teacher's
+features for cosine and contrastive, its class logits for logits). What is missing is fitted to the loaded network, so a fine-tune starts from it instead of fighting random layers:
 the head's rows are each class's mean embedding ("imprinting"), the projection is the ridge regression
 from centred embeddings to centred teacher features.
 """
@@ -20,7 +20,7 @@ from shitu.errors import ShituError
 from shitu.train.augment import normalize
 from shitu.train.batchnorm import calibration_batches
 from shitu.train.checkpoint import best_weights, read_checkpoint
-from shitu.train.config import TrainConfig
+from shitu.train.config import FEATURE_KINDS, TrainConfig
 
 
 @dataclass
@@ -62,10 +62,15 @@ def start_from(source: str, parts: StudentParts, config: TrainConfig):
         parts.head.load_state_dict(state["head"])
     has_projection = (parts.projection is not None and state.get("projection") is not None
                       and state["config"].get("teacher") == config.teacher
-                      and state["config"].get("distill_kind", "cosine") == config.distill_kind)
+                      and same_target(state["config"].get("distill_kind", "cosine"), config.distill_kind))
     if has_projection:
         parts.projection.load_state_dict(state["projection"])
     fit_missing_parts(parts, head=not same_labels, projection=not has_projection)
+
+
+def same_target(saved_kind: str, kind: str) -> bool:
+    """Whether a saved projection maps onto what this run distils: the same kind, or two feature kinds."""
+    return saved_kind == kind or (saved_kind in FEATURE_KINDS and kind in FEATURE_KINDS)
 
 
 @torch.no_grad()
