@@ -146,3 +146,29 @@ def test_serve_load(tmp_path):
     assert after["stored_rows"] == 30 + load["adds_acknowledged"] - load["removes_acknowledged"]
     assert set(data["one_at_a_time"]) == {"HTTP POST /v1/query (1 client)", "Index.query in process"}
     assert "acknowledged writes lost" in stdout
+
+
+@pytest.mark.slow
+def test_student_fit(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from tests.test_from_onnx import trainer
+    from tests.test_train import DEMO
+
+    distilled = trainer(tmp_path, teacher="efficientnet_lite0", distill_weight=1.0)
+    distilled.save(distilled.checkpoint(0, {}), "last.pt")
+    _, data = bench("student_fit", tmp_path, distilled.run_dir / "last.pt", "--products", DEMO, "--natural", DEMO)
+    [result] = data["results"]
+    assert result["epoch"] == 1 and result["distill_kind"] == "cosine"
+    assert -1 <= result["fit products"] <= 1 and -1 <= result["fit natural"] <= 1
+    # quick: 32 photos; centred features of 32 photos span at most 31 directions, and at least one
+    assert all(1 <= result[f"rank {part}"] <= 31 for part in ("embedding", "projection", "teacher"))
+    # a student trained without a teacher has nothing to compare: one clear message, no traceback
+    (tmp_path / "alone").mkdir()
+    alone = trainer(tmp_path / "alone", teacher="", distill_weight=0.0)
+    alone.save(alone.checkpoint(0, {}), "last.pt")
+    failed = subprocess.run([sys.executable, str(REPO / "bench" / "student_fit.py"), "--quick", "--json",
+                             str(tmp_path / "x.json"), str(alone.run_dir / "last.pt"), "--products", str(DEMO),
+                             "--natural", str(DEMO)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0 and "trained without a teacher" in failed.stderr
+    assert "Traceback" not in failed.stderr
