@@ -113,7 +113,7 @@ def main(argv=None):
         sys.exit(str(exc))
     columns = ["checkpoint", "epoch", "kind", "fit products", "fit natural", "rank embedding", "rank projection",
                "rank teacher"]
-    rows = [[Path(r["checkpoint"]).name, r["epoch"], r["distill_kind"], r["fit products"], r["fit natural"],
+    rows = [["/".join(Path(r["checkpoint"]).parts[-2:]), r["epoch"], r["distill_kind"], r["fit products"], r["fit natural"],
              r["rank embedding"], r["rank projection"], r["rank teacher"]] for r in results]
     report("student_fit", args.json, f"Student against teacher, {args.size} px, {len(sets['natural'])} natural photos",
            [("", columns, rows)], {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results},
