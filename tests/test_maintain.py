@@ -12,6 +12,7 @@ from cli import app
 from shitu.errors import ShituError
 from shitu.index.database import Database
 from shitu.index.files import DB_NAME, write_lock
+from shitu.index.findings import MODEL_NOT_CHECKED
 from shitu.index.folder import FolderStorage
 from shitu.index.vectors import load_faiss, write_faiss_file
 from shitu.embed import set_shitu_metadata
@@ -339,6 +340,35 @@ def test_a_gallery_without_its_alias_is_checked_against_the_right_model(colour_g
     assert report["repaired"] == [f"pointed alias gallery at {live}"]
     result = shitu("check", "--store", url, "--model", tiny_model, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["ok"]
+
+
+def test_without_model_a_check_skips_a_model_file_that_is_gone_instead_of_blaming_the_index(
+        colour_gallery, tiny_model, tmp_path):
+    """Built with a model file that was deleted since: the shipped model is not what built it, so comparing
+    with it would call a sound index broken; the check says what it could not check and passes."""
+    model = tmp_path / "custom.onnx"
+    model.write_bytes(Path(tiny_model).read_bytes())
+    index = tmp_path / "index"
+    assert shitu("build-index", colour_gallery, "--index", index, "--model", model, "-q").exit_code == 0
+    model.unlink()
+    result = shitu("check", "--index", index, "--json")
+    report = json.loads(result.stdout)
+    assert (result.exit_code, report["problems"]) == (0, []), result.output
+    assert MODEL_NOT_CHECKED in report["notes"]
+
+
+def test_without_model_a_gallery_missing_its_alias_reports_only_the_alias(colour_gallery, tiny_model, tmp_path):
+    pytest.importorskip("milvus_lite")
+    from shitu.index.milvus import MilvusStore
+
+    url = f"milvus-lite:{tmp_path / 'gallery.db'}"
+    assert shitu("build-index", colour_gallery, "--store", url, "--model", tiny_model, "-q").exit_code == 0
+    with MilvusStore.open(url) as store:
+        live = store.live()
+        store.client.drop_alias(store.url.collection)
+    report = json.loads(shitu("check", "--store", url, "--json").stdout)
+    assert report["problems"] == [f"alias gallery is missing; {live} is the newest complete generation"]
+    assert MODEL_NOT_CHECKED in report["notes"]
 
 
 def test_leftover_files_are_noted_and_repair_removes_them(built, tiny_model):

@@ -18,6 +18,7 @@ import pytest
 
 from shitu.errors import ShituError
 from shitu.index import milvus, milvus_check, milvus_url
+from shitu.index.findings import MODEL_NOT_CHECKED
 from shitu.index.milvus import Change, MilvusStore
 from shitu.index.milvus_url import parse_url
 
@@ -415,7 +416,7 @@ def test_a_missing_alias_is_repaired_to_the_newest_complete_generation(built):
 
 def test_check_notes_an_unchecked_model(built):
     store, _ = built
-    assert milvus_check.inspect(store).notes == ["model not checked: no model given"]
+    assert milvus_check.inspect(store).notes == [MODEL_NOT_CHECKED]
 
 
 def test_check_finds_an_index_with_another_metric(built):

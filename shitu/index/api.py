@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from shitu.embed import Embedder, default_model_path, resolve_model
+from shitu.embed import Embedder, default_model_path, file_sha256, resolve_model
 from shitu.errors import ShituError
 from shitu.gallery import GalleryItem, normalise_label
 from shitu.imageio import Upload
@@ -114,8 +114,9 @@ class Index:
 
     def check(self, repair: bool = False) -> CheckReport:
         """Every way the index can be wrong; with ``repair``, fixed where the stored vectors allow.
-        Without a model given, the index's own is compared with, or none when it is gone (noted)."""
-        model = self.model_path if self.model_given or self.model_path.is_file() else None
+        Without a model given, the index's own is compared with, or none when it is not found (noted): the
+        shipped model would report a sound index built with another model as broken."""
+        model = self.model_path if self.model_given else own_model(self.storage)
         return self.storage.check(model, repair)
 
     # -- reading -------------------------------------------------------------------------------------
@@ -267,13 +268,33 @@ def model_for_index(storage: Storage, model: str | Path | None) -> Path:
     """
     if model:
         return resolve_model(model)
-    try:
-        remembered = storage.manifest_value("model_path")
-    except ShituError:
-        remembered = None
+    return recorded_model(storage) or default_model_path()
+
+
+def own_model(storage: Storage) -> Path | None:
+    """The model file that built the index: the one its manifest names if it is still there, else the
+    shipped model if that is the one (an index moved to another install), else None."""
+    recorded = recorded_model(storage)
+    if recorded is not None:
+        return recorded
+    shipped, built_by = default_model_path(), manifest_entry(storage, "model_sha256")
+    return shipped if built_by and shipped.is_file() and file_sha256(shipped) == built_by else None
+
+
+def recorded_model(storage: Storage) -> Path | None:
+    """The model file the index was built with, if the manifest names one and it is still there."""
+    remembered = manifest_entry(storage, "model_path")
     if isinstance(remembered, str) and remembered and Path(remembered).is_file():
         return Path(remembered)
-    return default_model_path()
+    return None
+
+
+def manifest_entry(storage: Storage, key: str):
+    """One manifest entry, or None where the index is damaged (``check`` reports that itself)."""
+    try:
+        return storage.manifest_value(key)
+    except ShituError:
+        return None
 
 
 def common_root(items: list[GalleryItem]) -> Path | None:

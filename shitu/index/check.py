@@ -19,7 +19,7 @@ from shitu.errors import ShituError
 from shitu.index.commit import commit
 from shitu.index.database import Database, open_index, show
 from shitu.index.files import DB_NAME, errors_explained, leftover_files, try_lock
-from shitu.index.findings import NORM_TOLERANCE, CheckReport, Findings
+from shitu.index.findings import MODEL_NOT_CHECKED, NORM_TOLERANCE, CheckReport, Findings
 from shitu.index.manifest import Manifest
 from shitu.index.storage import Change, Storage
 from shitu.index.vectors import ids_of, read_faiss_file
@@ -97,7 +97,7 @@ def check_database(db: Database, m: Manifest, findings: Findings):
 
 def check_model(m: Manifest, model_path: Path | None, findings: Findings):
     if model_path is None:
-        findings.notes.append("model not checked: no --model given and no default model installed")
+        findings.notes.append(MODEL_NOT_CHECKED)
     elif not model_path.is_file():
         findings.problem(f"model not found: {model_path}")
     elif file_sha256(model_path) != m.model_sha256:

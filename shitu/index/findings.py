@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 NORM_TOLERANCE = 1e-3  # float32 vectors normalised by the embedder are within 1e-6 of unit length
+MODEL_NOT_CHECKED = "model not checked: no --model given, and the model the index was built with was not found"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shitu.errors import ShituError
-from shitu.index.findings import NORM_TOLERANCE, Findings
+from shitu.index.findings import MODEL_NOT_CHECKED, NORM_TOLERANCE, Findings
 from shitu.index.milvus import MilvusSnapshot, MilvusStore, has_manifest, show
 from shitu.index.milvus_url import no_gallery
 
@@ -52,7 +52,7 @@ def inspect(store: MilvusStore, model=None) -> GalleryFindings:
     store.ensure_loaded(live)
     m = snapshot.manifest
     if model is None:
-        findings.notes.append("model not checked: no model given")
+        findings.notes.append(MODEL_NOT_CHECKED)
     elif m.model_sha256 != model.sha256:  # the same bytes make vectors of the manifest's size
         findings.problem(f"gallery was built with model {m.model_name} {m.model_version} (sha256 "
                          f"{m.model_sha256[:12]}), not with {model.describe()}; its vectors cannot be "
