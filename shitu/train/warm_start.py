@@ -3,8 +3,9 @@
 The network's weights come from the source; a classification head only from a checkpoint with the same
 labels, a distillation projection only from a checkpoint with the same teacher and target (the teacher's
 features for cosine and contrastive, its class logits for logits). What is missing is fitted to the loaded
-network, so a fine-tune starts from it instead of fighting random layers: the head's rows are each class's mean embedding ("imprinting"), the projection is the ridge regression
-from centred embeddings to centred teacher features.
+network, so a fine-tune starts from it instead of fighting random layers: the head's rows are each class's
+mean embedding ("imprinting"), the projection is the ridge regression from centred embeddings to centred
+teacher features.
 """
 
 from __future__ import annotations
