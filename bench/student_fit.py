@@ -33,16 +33,15 @@ def participation_ratio(features) -> float:
     return float(power.sum() ** 2 / (power ** 2).sum())
 
 
-def measure(path: Path, sets: dict, size: int, batch_size: int) -> dict:
-    """Fit per photo set and ranks on the natural photos of one checkpoint."""
+def measure(path: Path, sets: dict, batch_size: int) -> dict:
+    """Fit per photo set and ranks on the natural photos of one checkpoint; ``sets``: name -> the photos,
+    decoded and normalised once for every checkpoint."""
     import torch
     import torch.nn.functional as F
 
     from shitu.errors import ShituError
-    from shitu.train.augment import normalize
     from shitu.train.checkpoint import build_model, load_teacher, read_checkpoint
     from shitu.train.config import TrainConfig
-    from shitu.train.data import decode_all
 
     state = read_checkpoint(path)
     config = TrainConfig(**state["config"])
@@ -57,8 +56,7 @@ def measure(path: Path, sets: dict, size: int, batch_size: int) -> dict:
     projection.load_state_dict(state["projection"])
     result = {"checkpoint": str(path), "epoch": state.get("epoch", -1) + 1, "distill_kind": config.distill_kind}
     with torch.no_grad():
-        for name, items in sets.items():
-            images = normalize(torch.from_numpy(decode_all(items, size, torch.get_num_threads())))
+        for name, images in sets.items():
             fits, parts = [], {"embedding": [], "projection": [], "teacher": []}
             for start in range(0, len(images) - batch_size + 1, batch_size):
                 batch = images[start:start + batch_size]
@@ -74,12 +72,16 @@ def measure(path: Path, sets: dict, size: int, batch_size: int) -> dict:
     return result
 
 
-def photos(root: Path, list_file: str | None, count: int, seed: int) -> list:
-    from shitu.train.data import read_records
+def photos(root: Path, list_file: str | None, count: int, seed: int, size: int):
+    """``count`` photos drawn from the folder (or its list file), decoded at ``size`` and normalised."""
+    import torch
+
+    from shitu.train.augment import normalize
+    from shitu.train.data import decode_all, read_records
 
     items = read_records(str(root), [list_file] if list_file else [])
     random.Random(seed).shuffle(items)
-    return items[:count]
+    return normalize(torch.from_numpy(decode_all(items[:count], size, torch.get_num_threads())))
 
 
 def main(argv=None):
@@ -104,11 +106,11 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     try:
-        sets = {"products": photos(args.products, args.products_list, args.count, args.seed),
-                "natural": photos(args.natural, args.natural_list, args.count, args.seed)}
-        if min(len(items) for items in sets.values()) < args.batch:
+        sets = {"products": photos(args.products, args.products_list, args.count, args.seed, args.size),
+                "natural": photos(args.natural, args.natural_list, args.count, args.seed, args.size)}
+        if min(len(images) for images in sets.values()) < args.batch:
             sys.exit(f"each photo set needs at least --batch ({args.batch}) photos")
-        results = [measure(path, sets, args.size, args.batch) for path in args.checkpoints]
+        results = [measure(path, sets, args.batch) for path in args.checkpoints]
     except ShituError as exc:
         sys.exit(str(exc))
     columns = ["checkpoint", "epoch", "kind", "fit products", "fit natural", "rank embedding", "rank projection",
