@@ -317,18 +317,24 @@ def test_model_mismatch_is_found_but_not_repairable(built, other_tiny_model):
     assert code == 1 and report["repaired"] == [] and snapshot(built) == files
 
 
-def test_a_gallery_without_its_alias_is_checked_against_the_right_model(colour_gallery, tiny_model,
-                                                                        other_tiny_model, tmp_path):
-    """Without the alias the live manifest cannot be found; the model is compared with the manifest of
-    the generation the alias should name, so the right model is no mismatch, before or after --repair."""
+def gallery_without_its_alias(gallery, model, tmp_path) -> tuple[str, str]:
+    """A Milvus Lite gallery built from ``gallery`` whose alias was dropped: its URL and live generation."""
     pytest.importorskip("milvus_lite")
     from shitu.index.milvus import MilvusStore
 
     url = f"milvus-lite:{tmp_path / 'gallery.db'}"
-    assert shitu("build-index", colour_gallery, "--store", url, "--model", tiny_model, "-q").exit_code == 0
+    assert shitu("build-index", gallery, "--store", url, "--model", model, "-q").exit_code == 0
     with MilvusStore.open(url) as store:
         live = store.live()
         store.client.drop_alias(store.url.collection)
+    return url, live
+
+
+def test_a_gallery_without_its_alias_is_checked_against_the_right_model(colour_gallery, tiny_model,
+                                                                        other_tiny_model, tmp_path):
+    """Without the alias the live manifest cannot be found; the model is compared with the manifest of
+    the generation the alias should name, so the right model is no mismatch, before or after --repair."""
+    url, live = gallery_without_its_alias(colour_gallery, tiny_model, tmp_path)
     missing = f"alias gallery is missing; {live} is the newest complete generation"
     result = shitu("check", "--store", url, "--model", other_tiny_model, "--json")
     assert result.exit_code == 1 and "was built with model mean-colour" in json.loads(result.stdout)["problems"][1]
@@ -358,14 +364,7 @@ def test_without_model_a_check_skips_a_model_file_that_is_gone_instead_of_blamin
 
 
 def test_without_model_a_gallery_missing_its_alias_reports_only_the_alias(colour_gallery, tiny_model, tmp_path):
-    pytest.importorskip("milvus_lite")
-    from shitu.index.milvus import MilvusStore
-
-    url = f"milvus-lite:{tmp_path / 'gallery.db'}"
-    assert shitu("build-index", colour_gallery, "--store", url, "--model", tiny_model, "-q").exit_code == 0
-    with MilvusStore.open(url) as store:
-        live = store.live()
-        store.client.drop_alias(store.url.collection)
+    url, live = gallery_without_its_alias(colour_gallery, tiny_model, tmp_path)
     report = json.loads(shitu("check", "--store", url, "--json").stdout)
     assert report["problems"] == [f"alias gallery is missing; {live} is the newest complete generation"]
     assert MODEL_NOT_CHECKED in report["notes"]
