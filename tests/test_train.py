@@ -111,6 +111,13 @@ def test_config_rejects_unknown_settings(tmp_path):
         load_config(config, {"data": "x"})
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "docs" / "configs").rglob("*.toml")), ids=lambda p: p.stem)
+def test_documented_configs_still_load(path):
+    """The configs docs/training.md reproduces runs with: a renamed or retyped setting breaks them."""
+    config = load_config(path, {"data": "x"})
+    assert config.epochs > 0 and config.lists
+
+
 @pytest.mark.slow
 def test_size_flag_sets_the_training_resolution(tmp_path):
     config = tmp_path / "tiny.toml"
