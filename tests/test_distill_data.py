@@ -75,6 +75,23 @@ def test_teacher_sees_exactly_the_mixed_batch_the_student_sees(photos, tmp_path)
     assert {"arc", "triplet", "distill"} <= parts.keys() and torch.isfinite(loss)
 
 
+def test_with_teacher_size_the_student_sees_the_teachers_view_downscaled(photos, tmp_path):
+    import torch.nn.functional as F
+
+    trainer = Trainer(distill_config(*photos, teacher_size=64), tmp_path / "run", device="cpu")
+    student_inputs, teacher_inputs = [], []
+    trainer.model.register_forward_hook(lambda m, inputs, out: student_inputs.append(inputs[0].clone()))
+    trainer.teacher.register_forward_hook(lambda m, inputs, out: teacher_inputs.append(inputs[0].clone()))
+    images = trainer.cache(trainer.items, 80, "train")
+    distill = trainer.cache(trainer.distill_items, 80, "distill")
+    batch = np.arange(12)
+    trainer.train_step(images[batch], torch.from_numpy(trainer.labels[batch]), 48, 0, 1e-3, batch, distill[:5])
+    student, teacher = student_inputs[0], teacher_inputs[0]
+    assert student.shape == (17, 3, 48, 48) and teacher.shape == (17, 3, 64, 64)
+    expected = F.interpolate(teacher, size=(48, 48), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(student, expected, atol=1e-5)
+
+
 def test_a_run_validates_on_natural_photos_and_export_records_its_labels(photos, tmp_path):
     import onnx
 
@@ -101,6 +118,8 @@ def test_validation_photos_that_are_also_trained_on_are_refused(photos, tmp_path
     ({"teacher": ""}, "needs a teacher"),
     ({"distill_batch": 0, "distill_val_list": ""}, "mix mixes the distillation photos"),
     ({"mix": "blend"}, "mix must be one of"),
+    ({"teacher_size": 16}, "teacher_size must be 0 or >= 32"),
+    ({"teacher_size": 160, "teacher": "", "distill_batch": 0, "mix": "off"}, "teacher_size needs a teacher"),
 ])
 def test_distillation_settings_that_cannot_work_are_refused(photos, changes, message):
     with pytest.raises(ShituError, match=message):

@@ -48,6 +48,7 @@ class TrainConfig:
     distill_kind: str = "cosine"  # cosine, contrastive or relational on features; logits: KL on ImageNet classes
     distill_temperature: float = 0.0  # logits: softens both distributions; contrastive: InfoNCE's. 0: 1.0 / 0.1
     teacher_views: int = 0  # > 0: this many fixed augmented views per image, teacher features cached
+    teacher_size: int = 0  # > 0: the teacher sees each view rendered at this side, the student a downscaled copy
     distill_data: str = ""  # root of photos used only under the teacher (no product labels needed)
     distill_lists: list[str] = field(default_factory=list)  # list files below distill_data; none: walk it
     distill_batch: int = 0  # distillation photos added to each P x K batch of products
@@ -106,6 +107,11 @@ class TrainConfig:
             (self.mix in MIX_KINDS, f"mix must be one of {', '.join(MIX_KINDS)}"),
             (self.mix_alpha >= 0, "mix_alpha must be >= 0"),
             (self.mix == "off" or self.distill_batch > 0, "mix mixes the distillation photos: set distill_batch"),
+            (self.teacher_size == 0 or self.teacher_size >= 32, "teacher_size must be 0 or >= 32"),
+            (self.teacher_size == 0 or bool(self.teacher and self.distill_weight > 0),
+             "teacher_size needs a teacher and distill_weight > 0"),
+            (self.teacher_size == 0 or self.teacher_views == 0,
+             "teacher_size renders each view afresh; it cannot be combined with teacher_views"),
             (self.teacher_views == 0 or self.distill_batch == 0,
              "teacher_views caches fixed views of the products; it cannot be combined with distill_batch"),
             (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
