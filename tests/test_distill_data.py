@@ -61,17 +61,23 @@ def distill_config(root, lists, **changes) -> TrainConfig:
     return TrainConfig(**{**values, **changes}).validate()
 
 
-def test_teacher_sees_exactly_the_mixed_batch_the_student_sees(photos, tmp_path):
-    trainer = Trainer(distill_config(*photos), tmp_path / "run", device="cpu")
+def one_training_step(trainer, cache_side: int):
+    """One 48 px step on 12 products + 5 natural photos: (loss, parts, student input, teacher input)."""
     student_inputs, teacher_inputs = [], []
     trainer.model.register_forward_hook(lambda m, inputs, out: student_inputs.append(inputs[0].clone()))
     trainer.teacher.register_forward_hook(lambda m, inputs, out: teacher_inputs.append(inputs[0].clone()))
-    images = trainer.cache(trainer.items, 60, "train")
-    distill = trainer.cache(trainer.distill_items, 60, "distill")
+    images = trainer.cache(trainer.items, cache_side, "train")
+    distill = trainer.cache(trainer.distill_items, cache_side, "distill")
     batch = np.arange(12)
     loss, parts = trainer.train_step(images[batch], torch.from_numpy(trainer.labels[batch]), 48, 0, 1e-3,
                                      batch, distill[:5])
-    assert student_inputs[0].shape[0] == 17 and torch.equal(student_inputs[0], teacher_inputs[0])
+    return loss, parts, student_inputs[0], teacher_inputs[0]
+
+
+def test_teacher_sees_exactly_the_mixed_batch_the_student_sees(photos, tmp_path):
+    trainer = Trainer(distill_config(*photos), tmp_path / "run", device="cpu")
+    loss, parts, student, teacher = one_training_step(trainer, 60)
+    assert student.shape[0] == 17 and torch.equal(student, teacher)
     assert {"arc", "triplet", "distill"} <= parts.keys() and torch.isfinite(loss)
 
 
@@ -79,14 +85,7 @@ def test_with_teacher_size_the_student_sees_the_teachers_view_downscaled(photos,
     import torch.nn.functional as F
 
     trainer = Trainer(distill_config(*photos, teacher_size=64), tmp_path / "run", device="cpu")
-    student_inputs, teacher_inputs = [], []
-    trainer.model.register_forward_hook(lambda m, inputs, out: student_inputs.append(inputs[0].clone()))
-    trainer.teacher.register_forward_hook(lambda m, inputs, out: teacher_inputs.append(inputs[0].clone()))
-    images = trainer.cache(trainer.items, 80, "train")
-    distill = trainer.cache(trainer.distill_items, 80, "distill")
-    batch = np.arange(12)
-    trainer.train_step(images[batch], torch.from_numpy(trainer.labels[batch]), 48, 0, 1e-3, batch, distill[:5])
-    student, teacher = student_inputs[0], teacher_inputs[0]
+    _, _, student, teacher = one_training_step(trainer, 80)
     assert student.shape == (17, 3, 48, 48) and teacher.shape == (17, 3, 64, 64)
     expected = F.interpolate(teacher, size=(48, 48), mode="bilinear", antialias=True, align_corners=False)
     assert torch.allclose(student, expected, atol=1e-5)

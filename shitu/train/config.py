@@ -75,6 +75,10 @@ class TrainConfig:
         """``distill_temperature``, or the distillation kind's default when it is 0."""
         return self.distill_temperature or {"logits": 1.0, "contrastive": 0.1}.get(self.distill_kind, 1.0)
 
+    def view_size(self, size: int) -> int:
+        """The side views are rendered at for a ``size`` px student: the teacher's, when it is larger."""
+        return max(size, self.teacher_size)
+
     def resolution_at(self, epoch: int) -> int:
         """Training image side for a 0-based ``epoch`` (progressive resizing)."""
         return [size for start, size in sorted(self.resolutions) if start <= epoch][-1]

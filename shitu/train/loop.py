@@ -287,7 +287,7 @@ class Trainer:
         (teacher copy ``None``).
         """
         c = self.config
-        render = max(size, c.teacher_size)
+        render = c.view_size(size)
         x = augment(images.to(self.device), render, c, self.generator)
         if distill_images is not None:
             x = torch.cat([x, augment(distill_images.to(self.device), render, c, self.generator)])
@@ -330,7 +330,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         c, size = self.config, self.config.resolution_at(epoch)
-        side = round(max(size, c.teacher_size) * 1.25)  # the teacher's view needs the pixels too
+        side = round(c.view_size(size) * 1.25)  # the teacher's view needs the pixels too
         images = self.cache(self.items, side, "train")
         distill = self.cache(self.distill_items, side, "distill") if self.distill_items else None
         labels = torch.from_numpy(self.labels)
