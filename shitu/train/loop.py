@@ -214,7 +214,7 @@ class Trainer:
 
     # -- one epoch -----------------------------------------------------------------------------
     def losses(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, target=None) -> dict:
-        """The weighted loss terms of one batch (``target``: the teacher's features, if already known).
+        """The weighted loss terms of one batch (``target``: the teacher's features of it; None without a teacher).
 
         ArcMargin and triplet losses start at ``metric_start_epoch``: from random weights they fight the
         distillation signal early on (measured: lower recall after the same number of steps).
@@ -228,8 +228,7 @@ class Trainer:
         if metric_on and c.triplet_weight > 0:
             parts["triplet"] = triplet_angular_margin(labelled(embeddings, labels), labels, c.triplet_margin) \
                 * c.triplet_weight
-        if self.teacher is not None:
-            target = self.teacher(images).float() if target is None else target
+        if target is not None:
             if c.distill_kind == "cosine":
                 parts["distill"] = cosine_distillation(projected - projected.mean(0), target - target.mean(0)) \
                     * c.distill_weight
@@ -263,8 +262,10 @@ class Trainer:
                             enabled=self.amp_dtype is not None):
             if cached:
                 target = self.cached_teacher_features(x, indices, views, size)
+            elif self.teacher is not None:
+                target = self.teacher(x if teacher_x is None else teacher_x).float()
             else:
-                target = None if teacher_x is None else self.teacher_features(teacher_x)
+                target = None
             parts = self.losses(x, labels.to(self.device), epoch, target)
         loss = sum(parts.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,11 +297,6 @@ class Trainer:
             return x, None
         small = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return small, x.contiguous(memory_format=torch.channels_last)
-
-    @torch.no_grad()
-    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's features of a batch it sees apart from the student (``teacher_size``)."""
-        return self.teacher(x).float()
 
     def view_key(self, index: int, view: int) -> int:
         """The seed of fixed view ``view`` of training image ``index`` (``teacher_views``)."""
