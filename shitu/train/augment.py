@@ -68,10 +68,14 @@ def random_erase(x: torch.Tensor, probability: float, generator: torch.Generator
     return x
 
 
-def augment(images_uint8: torch.Tensor, size: int, config, generator: torch.Generator) -> torch.Tensor:
-    """NHWC uint8 cache crops -> augmented, normalised NCHW float batch of side ``size``."""
+def augment(images_uint8: torch.Tensor, size: int, config, generator: torch.Generator,
+            scale_min: float = 0.0) -> torch.Tensor:
+    """NHWC uint8 cache crops -> augmented, normalised NCHW float batch of side ``size``.
+
+    ``scale_min`` (0: the config's ``crop_scale_min``) is the smallest share of the area a crop keeps.
+    """
     x = images_uint8.permute(0, 3, 1, 2).float() / 255.0
-    theta = random_affine(x.shape[0], config.crop_scale_min, config.rotation, generator).to(x.device)
+    theta = random_affine(x.shape[0], scale_min or config.crop_scale_min, config.rotation, generator).to(x.device)
     grid = F.affine_grid(theta, [x.shape[0], 3, size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     x = color_jitter(x, config.color_jitter, generator)

@@ -62,6 +62,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     ema_decay: float = 0.998
     crop_scale_min: float = 0.35
+    distill_crop_scale_min: float = 0.0  # > 0: the natural photos' crops go down to this share of the area; 0: as products
     rotation: float = 15.0
     color_jitter: float = 0.3
     erase_prob: float = 0.25
@@ -120,6 +121,8 @@ class TrainConfig:
              "teacher_views caches fixed views of the products; it cannot be combined with distill_batch"),
             (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
             (0.05 <= self.crop_scale_min <= 1.0, "crop_scale_min must be in [0.05, 1]"),
+            (self.distill_crop_scale_min == 0 or 0.05 <= self.distill_crop_scale_min <= 1.0,
+             "distill_crop_scale_min must be 0 (as crop_scale_min) or in [0.05, 1]"),
             (self.metric_start_epoch >= 0, "metric_start_epoch must be >= 0"),
             (self.metric_start_epoch == 0 or (self.teacher and self.distill_weight > 0),
              "without a teacher the metric losses must start at epoch 0 (metric_start_epoch = 0)"),
