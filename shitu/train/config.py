@@ -62,7 +62,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     ema_decay: float = 0.998
     crop_scale_min: float = 0.35
-    distill_crop_scale_min: float = 0.0  # > 0: the natural photos' crops go down to this share of the area; 0: as products
+    distill_crop_scale_min: float = 0.0  # > 0: the natural photos' smallest crop (share of the area); 0: as products
     rotation: float = 15.0
     color_jitter: float = 0.3
     erase_prob: float = 0.25
