@@ -30,4 +30,5 @@ def test_scale_min_overrides_the_configs_crop_range():
 def test_a_crop_range_below_five_percent_is_refused():
     with pytest.raises(ShituError, match="distill_crop_scale_min must be 0"):
         TrainConfig(data="unused", distill_crop_scale_min=0.01).validate()
-    assert TrainConfig(data="unused", distill_crop_scale_min=0.08).validate().distill_crop_scale_min == 0.08
+    assert TrainConfig(data="unused", distill_crop_scale_min=0.08).validate().natural_crop_scale_min() == 0.08
+    assert TrainConfig(data="unused", crop_scale_min=0.5).validate().natural_crop_scale_min() == 0.5

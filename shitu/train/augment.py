@@ -69,13 +69,14 @@ def random_erase(x: torch.Tensor, probability: float, generator: torch.Generator
 
 
 def augment(images_uint8: torch.Tensor, size: int, config, generator: torch.Generator,
-            scale_min: float = 0.0) -> torch.Tensor:
+            scale_min: float | None = None) -> torch.Tensor:
     """NHWC uint8 cache crops -> augmented, normalised NCHW float batch of side ``size``.
 
-    ``scale_min`` (0: the config's ``crop_scale_min``) is the smallest share of the area a crop keeps.
+    ``scale_min`` (default: the config's ``crop_scale_min``) is the smallest share of the area a crop keeps.
     """
     x = images_uint8.permute(0, 3, 1, 2).float() / 255.0
-    theta = random_affine(x.shape[0], scale_min or config.crop_scale_min, config.rotation, generator).to(x.device)
+    scale_min = config.crop_scale_min if scale_min is None else scale_min
+    theta = random_affine(x.shape[0], scale_min, config.rotation, generator).to(x.device)
     grid = F.affine_grid(theta, [x.shape[0], 3, size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     x = color_jitter(x, config.color_jitter, generator)

@@ -76,6 +76,10 @@ class TrainConfig:
         """``distill_temperature``, or the distillation kind's default when it is 0."""
         return self.distill_temperature or {"logits": 1.0, "contrastive": 0.1}.get(self.distill_kind, 1.0)
 
+    def natural_crop_scale_min(self) -> float:
+        """The natural photos' smallest crop: ``distill_crop_scale_min``, or the products' when it is 0."""
+        return self.distill_crop_scale_min or self.crop_scale_min
+
     def view_size(self, size: int) -> int:
         """The side views are rendered at for a ``size`` px student: the teacher's, when it is larger."""
         return max(size, self.teacher_size)

@@ -291,7 +291,7 @@ class Trainer:
         render = c.view_size(size)
         x = augment(images.to(self.device), render, c, self.generator)
         if distill_images is not None:
-            natural = augment(distill_images.to(self.device), render, c, self.generator, c.distill_crop_scale_min)
+            natural = augment(distill_images.to(self.device), render, c, self.generator, c.natural_crop_scale_min())
             x = torch.cat([x, natural])
             x = mix_rows(x, len(images), c.mix, c.mix_alpha, self.generator)
         if render == size:
